@@ -1,0 +1,3 @@
+//! Entry point: parse the command line, run, map the outcome to an exit code.
+
+fn main() {}
