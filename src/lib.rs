@@ -12,7 +12,13 @@
 //! | [`protocol`] | the responder and the examiner: pure state machines |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
 
+pub mod backoff;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod driver;
+pub mod logging;
 pub mod mqtt;
 pub mod protocol;
 pub mod topic;
+pub mod transport;

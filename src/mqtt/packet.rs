@@ -57,3 +57,588 @@ impl fmt::Display for QoS {
         write!(f, "{}", self.as_u8())
     }
 }
+
+use bytes::{Bytes, BytesMut};
+use crate::config::Secret;
+use rumqttc::mqttbytes as m4;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes as m5;
+use rumqttc::v5::mqttbytes::v5;
+
+/// The largest packet MQTT allows (remaining length 268,435,455 plus the fixed header).
+pub const MAX_PACKET_SIZE: u32 = 268_435_460;
+
+/// A CONNECT as the session builds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// Client identifier.
+    pub client_id: String,
+    /// 3.1.1 clean session / 5 clean start.
+    pub clean_start: bool,
+    /// Keep-alive in seconds.
+    pub keep_alive: u16,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (redacted in `Debug`).
+    pub password: Option<Secret>,
+    /// Last Will.
+    pub will: Option<Will>,
+    /// MQTT 5: session expiry interval in seconds.
+    pub session_expiry: Option<u32>,
+    /// MQTT 5: how many QoS 1/2 publishes we accept in flight.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5: the largest packet we accept.
+    pub max_packet_size: Option<u32>,
+}
+
+/// A Last Will message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: QoS,
+    /// Retained.
+    pub retain: bool,
+}
+
+/// How the broker answered a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectCode {
+    /// Connection accepted.
+    Accepted,
+    /// Bad user name or password.
+    BadCredentials,
+    /// Not authorised.
+    NotAuthorized,
+    /// A refusal that retrying cannot fix (client id, protocol version, banned, …).
+    Permanent(&'static str),
+    /// A refusal worth retrying later (server unavailable, busy, quota, …).
+    Transient(&'static str),
+}
+
+/// What the broker allows, from the CONNACK (MQTT 5 properties; 3.1.1: the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerCaps {
+    /// Highest QoS the broker accepts.
+    pub max_qos: QoS,
+    /// How many QoS 1/2 publishes the broker accepts in flight from us.
+    pub receive_maximum: u16,
+    /// The largest packet the broker accepts.
+    pub max_packet_size: Option<u32>,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Keep-alive the broker imposes.
+    pub server_keep_alive: Option<u16>,
+}
+
+impl Default for BrokerCaps {
+    fn default() -> Self {
+        BrokerCaps {
+            max_qos: QoS::ExactlyOnce,
+            receive_maximum: u16::MAX,
+            max_packet_size: None,
+            retain_available: true,
+            server_keep_alive: None,
+        }
+    }
+}
+
+/// A CONNACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnAck {
+    /// Whether the broker resumed a stored session.
+    pub session_present: bool,
+    /// The verdict.
+    pub code: ConnectCode,
+    /// What the broker allows.
+    pub caps: BrokerCaps,
+}
+
+/// A PUBLISH in either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Redelivery flag.
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Packet id (0 at QoS 0).
+    pub pkid: u16,
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// MQTT 5 Response Topic.
+    pub response_topic: Option<String>,
+    /// MQTT 5 Correlation Data.
+    pub correlation_data: Option<Bytes>,
+}
+
+/// An MQTT packet, independent of the protocol version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// CONNECT (client → broker).
+    Connect(Box<Connect>),
+    /// CONNACK (broker → client).
+    ConnAck(ConnAck),
+    /// PUBLISH.
+    Publish(Publish),
+    /// PUBACK; `failure` names an MQTT 5 failure reason code.
+    PubAck {
+        /// Packet id.
+        pkid: u16,
+        /// Failure reason, if any.
+        failure: Option<String>,
+    },
+    /// PUBREC; `failure` names an MQTT 5 failure reason (then no PUBREL follows).
+    PubRec {
+        /// Packet id.
+        pkid: u16,
+        /// Failure reason, if any.
+        failure: Option<String>,
+    },
+    /// PUBREL.
+    PubRel(u16),
+    /// PUBCOMP.
+    PubComp(u16),
+    /// SUBSCRIBE with (filter, QoS) pairs.
+    Subscribe {
+        /// Packet id.
+        pkid: u16,
+        /// Filters.
+        filters: Vec<(String, QoS)>,
+    },
+    /// SUBACK: the granted QoS per filter, `None` where refused.
+    SubAck {
+        /// Packet id.
+        pkid: u16,
+        /// Granted QoS per filter.
+        granted: Vec<Option<QoS>>,
+    },
+    /// UNSUBACK.
+    UnsubAck(u16),
+    /// PINGREQ.
+    PingReq,
+    /// PINGRESP.
+    PingResp,
+    /// DISCONNECT; from an MQTT 5 broker with its reason code and reason string.
+    Disconnect {
+        /// Reason code (MQTT 5; 0 for 3.1.1).
+        reason: u8,
+        /// Reason string (MQTT 5).
+        reason_string: Option<String>,
+    },
+    /// AUTH (MQTT 5): not supported, reported as a protocol error.
+    Auth,
+}
+
+/// Why bytes could not be decoded or a packet not encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// More bytes are needed.
+    #[error("incomplete packet")]
+    Incomplete,
+    /// The packet exceeds the size limit.
+    #[error("packet of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Malformed or not understood.
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+}
+
+impl Packet {
+    /// Encodes the packet for `protocol` onto `out`.
+    pub fn write(&self, protocol: Protocol, out: &mut BytesMut) -> Result<(), CodecError> {
+        match protocol {
+            Protocol::V311 => to_v4(self)
+                .write(out, MAX_PACKET_SIZE as usize)
+                .map(drop)
+                .map_err(|e| CodecError::Malformed(e.to_string())),
+            Protocol::V5 => to_v5(self)
+                .write(out, None)
+                .map(drop)
+                .map_err(|e| CodecError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Decodes one packet from the front of `buf`, consuming it; `Incomplete` leaves `buf`
+    /// untouched.
+    pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Packet, CodecError> {
+        // rumqttc's v5 reader rejects a DISCONNECT without a body, which MQTT 5 allows.
+        if protocol == Protocol::V5 && buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
+            let _ = buf.split_to(2);
+            return Ok(Packet::Disconnect {
+                reason: 0,
+                reason_string: None,
+            });
+        }
+        match protocol {
+            Protocol::V311 => match v4::Packet::read(buf, max) {
+                Ok(p) => from_v4(p),
+                Err(m4::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m4::Error::PayloadSizeLimitExceeded(size)) => {
+                    Err(CodecError::TooLarge { size, max })
+                }
+                Err(e) => Err(CodecError::Malformed(e.to_string())),
+            },
+            Protocol::V5 => match v5::Packet::read(buf, Some(max as u32)) {
+                Ok(p) => from_v5(p),
+                Err(m5::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m5::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
+                    Err(CodecError::TooLarge {
+                        size: pkt_size,
+                        max,
+                    })
+                }
+                Err(e) => Err(CodecError::Malformed(e.to_string())),
+            },
+        }
+    }
+
+    /// The encoded size for `protocol`, to check against the broker's limit.
+    pub fn size(&self, protocol: Protocol) -> usize {
+        match protocol {
+            Protocol::V311 => to_v4(self).size(),
+            Protocol::V5 => to_v5(self).size(),
+        }
+    }
+}
+
+fn password(c: &Connect) -> String {
+    c.password
+        .as_ref()
+        .map(|p| p.expose().to_owned())
+        .unwrap_or_default()
+}
+
+fn q4(qos: QoS) -> m4::QoS {
+    match qos {
+        QoS::AtMostOnce => m4::QoS::AtMostOnce,
+        QoS::AtLeastOnce => m4::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => m4::QoS::ExactlyOnce,
+    }
+}
+
+fn q5(qos: QoS) -> m5::QoS {
+    match qos {
+        QoS::AtMostOnce => m5::QoS::AtMostOnce,
+        QoS::AtLeastOnce => m5::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => m5::QoS::ExactlyOnce,
+    }
+}
+
+fn from_q4(qos: m4::QoS) -> QoS {
+    QoS::try_from(qos as u8).unwrap_or(QoS::AtMostOnce)
+}
+
+fn from_q5(qos: m5::QoS) -> QoS {
+    QoS::try_from(qos as u8).unwrap_or(QoS::AtMostOnce)
+}
+
+fn unexpected(name: &str) -> Result<Packet, CodecError> {
+    Err(CodecError::Malformed(format!("unexpected {name} from the broker")))
+}
+
+fn to_v4(packet: &Packet) -> v4::Packet {
+    match packet {
+        Packet::Connect(c) => {
+            let mut connect = v4::Connect::new(c.client_id.clone());
+            connect.keep_alive = c.keep_alive;
+            connect.clean_session = c.clean_start;
+            if let Some(user) = &c.username {
+                connect.set_login(user.clone(), password(c));
+            }
+            connect.last_will = c.will.as_ref().map(|w| {
+                v4::LastWill::new(w.topic.clone(), w.payload.to_vec(), q4(w.qos), w.retain)
+            });
+            v4::Packet::Connect(connect)
+        }
+        Packet::Publish(p) => v4::Packet::Publish(v4::Publish {
+            dup: p.dup,
+            qos: q4(p.qos),
+            retain: p.retain,
+            topic: p.topic.clone(),
+            pkid: p.pkid,
+            payload: p.payload.clone(),
+        }),
+        Packet::PubAck { pkid, .. } => v4::Packet::PubAck(v4::PubAck::new(*pkid)),
+        Packet::PubRec { pkid, .. } => v4::Packet::PubRec(v4::PubRec::new(*pkid)),
+        Packet::PubRel(pkid) => v4::Packet::PubRel(v4::PubRel::new(*pkid)),
+        Packet::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(*pkid)),
+        Packet::Subscribe { pkid, filters } => {
+            let mut sub = v4::Subscribe::new_many(
+                filters
+                    .iter()
+                    .map(|(f, q)| v4::SubscribeFilter::new(f.clone(), q4(*q))),
+            );
+            sub.pkid = *pkid;
+            v4::Packet::Subscribe(sub)
+        }
+        Packet::PingReq => v4::Packet::PingReq,
+        Packet::Disconnect { .. } => v4::Packet::Disconnect,
+        Packet::PingResp => v4::Packet::PingResp,
+        // Broker-to-client packets are never encoded by a client.
+        Packet::ConnAck(_) | Packet::SubAck { .. } | Packet::UnsubAck(_) | Packet::Auth => {
+            v4::Packet::PingReq
+        }
+    }
+}
+
+fn to_v5(packet: &Packet) -> v5::Packet {
+    match packet {
+        Packet::Connect(c) => {
+            let properties = v5::ConnectProperties {
+                session_expiry_interval: c.session_expiry,
+                receive_maximum: c.receive_maximum,
+                max_packet_size: c.max_packet_size,
+                ..v5::ConnectProperties::new()
+            };
+            let connect = v5::Connect {
+                keep_alive: c.keep_alive,
+                client_id: c.client_id.clone(),
+                clean_start: c.clean_start,
+                properties: Some(properties),
+            };
+            let will = c.will.as_ref().map(|w| {
+                v5::LastWill::new(
+                    w.topic.clone(),
+                    w.payload.to_vec(),
+                    q5(w.qos),
+                    w.retain,
+                    None,
+                )
+            });
+            let login = c.username.as_ref().map(|user| {
+                v5::Login::new(user.clone(), password(c))
+            });
+            v5::Packet::Connect(connect, will, login)
+        }
+        Packet::Publish(p) => {
+            let properties = (p.response_topic.is_some() || p.correlation_data.is_some()).then(
+                || v5::PublishProperties {
+                    response_topic: p.response_topic.clone(),
+                    correlation_data: p.correlation_data.clone(),
+                    ..Default::default()
+                },
+            );
+            v5::Packet::Publish(v5::Publish {
+                dup: p.dup,
+                qos: q5(p.qos),
+                retain: p.retain,
+                topic: Bytes::copy_from_slice(p.topic.as_bytes()),
+                pkid: p.pkid,
+                payload: p.payload.clone(),
+                properties,
+            })
+        }
+        Packet::PubAck { pkid, .. } => v5::Packet::PubAck(v5::PubAck::new(*pkid, None)),
+        Packet::PubRec { pkid, .. } => v5::Packet::PubRec(v5::PubRec::new(*pkid, None)),
+        Packet::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(*pkid, None)),
+        Packet::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(*pkid, None)),
+        Packet::Subscribe { pkid, filters } => {
+            let mut sub = v5::Subscribe::new_many(
+                filters.iter().map(|(f, q)| v5::Filter::new(f.clone(), q5(*q))),
+                None,
+            );
+            sub.pkid = *pkid;
+            v5::Packet::Subscribe(sub)
+        }
+        Packet::PingReq => v5::Packet::PingReq(v5::PingReq),
+        Packet::PingResp => v5::Packet::PingResp(v5::PingResp),
+        Packet::Disconnect { .. } => v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        )),
+        Packet::ConnAck(_) | Packet::SubAck { .. } | Packet::UnsubAck(_) | Packet::Auth => {
+            v5::Packet::PingReq(v5::PingReq)
+        }
+    }
+}
+
+fn from_v4(packet: v4::Packet) -> Result<Packet, CodecError> {
+    Ok(match packet {
+        v4::Packet::ConnAck(ack) => Packet::ConnAck(ConnAck {
+            session_present: ack.session_present,
+            code: match ack.code {
+                v4::ConnectReturnCode::Success => ConnectCode::Accepted,
+                v4::ConnectReturnCode::BadUserNamePassword => ConnectCode::BadCredentials,
+                v4::ConnectReturnCode::NotAuthorized => ConnectCode::NotAuthorized,
+                v4::ConnectReturnCode::RefusedProtocolVersion => {
+                    ConnectCode::Permanent("unacceptable protocol version")
+                }
+                v4::ConnectReturnCode::BadClientId => {
+                    ConnectCode::Permanent("client identifier rejected")
+                }
+                v4::ConnectReturnCode::ServiceUnavailable => {
+                    ConnectCode::Transient("server unavailable")
+                }
+            },
+            caps: BrokerCaps::default(),
+        }),
+        v4::Packet::Publish(p) => Packet::Publish(Publish {
+            dup: p.dup,
+            qos: from_q4(p.qos),
+            retain: p.retain,
+            pkid: p.pkid,
+            topic: p.topic,
+            payload: p.payload,
+            response_topic: None,
+            correlation_data: None,
+        }),
+        v4::Packet::PubAck(a) => Packet::PubAck {
+            pkid: a.pkid,
+            failure: None,
+        },
+        v4::Packet::PubRec(a) => Packet::PubRec {
+            pkid: a.pkid,
+            failure: None,
+        },
+        v4::Packet::PubRel(a) => Packet::PubRel(a.pkid),
+        v4::Packet::PubComp(a) => Packet::PubComp(a.pkid),
+        v4::Packet::SubAck(a) => Packet::SubAck {
+            pkid: a.pkid,
+            granted: a
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v4::SubscribeReasonCode::Success(q) => Some(from_q4(q)),
+                    v4::SubscribeReasonCode::Failure => None,
+                })
+                .collect(),
+        },
+        v4::Packet::UnsubAck(a) => Packet::UnsubAck(a.pkid),
+        v4::Packet::PingResp => Packet::PingResp,
+        v4::Packet::Disconnect => Packet::Disconnect {
+            reason: 0,
+            reason_string: None,
+        },
+        v4::Packet::Connect(_) => return unexpected("CONNECT"),
+        v4::Packet::Subscribe(_) => return unexpected("SUBSCRIBE"),
+        v4::Packet::Unsubscribe(_) => return unexpected("UNSUBSCRIBE"),
+        v4::Packet::PingReq => return unexpected("PINGREQ"),
+    })
+}
+
+fn connect_code_v5(code: v5::ConnectReturnCode) -> ConnectCode {
+    use v5::ConnectReturnCode as C;
+    match code {
+        C::Success => ConnectCode::Accepted,
+        C::BadUserNamePassword => ConnectCode::BadCredentials,
+        C::NotAuthorized => ConnectCode::NotAuthorized,
+        C::Banned => ConnectCode::Permanent("banned"),
+        C::BadClientId | C::ClientIdentifierNotValid => {
+            ConnectCode::Permanent("client identifier rejected")
+        }
+        C::BadAuthenticationMethod => ConnectCode::Permanent("bad authentication method"),
+        C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
+            ConnectCode::Permanent("unsupported protocol version")
+        }
+        C::ServiceUnavailable | C::ServerUnavailable => {
+            ConnectCode::Transient("server unavailable")
+        }
+        C::ServerBusy => ConnectCode::Transient("server busy"),
+        C::QuotaExceeded => ConnectCode::Transient("quota exceeded"),
+        C::ConnectionRateExceeded => ConnectCode::Transient("connection rate exceeded"),
+        C::UseAnotherServer | C::ServerMoved => ConnectCode::Transient("server moved"),
+        C::PacketTooLarge => ConnectCode::Permanent("CONNECT packet too large"),
+        C::UnspecifiedError => ConnectCode::Transient("unspecified error"),
+        C::MalformedPacket | C::ProtocolError => ConnectCode::Permanent("protocol error"),
+        C::ImplementationSpecificError => {
+            ConnectCode::Transient("implementation specific error")
+        }
+        C::TopicNameInvalid => ConnectCode::Permanent("topic name invalid (Last Will)"),
+        C::PayloadFormatInvalid => ConnectCode::Permanent("payload format invalid"),
+        C::RetainNotSupported => ConnectCode::Permanent("retain not supported (Last Will)"),
+        C::QoSNotSupported => ConnectCode::Permanent("QoS not supported (Last Will)"),
+    }
+}
+
+fn from_v5(packet: v5::Packet) -> Result<Packet, CodecError> {
+    Ok(match packet {
+        v5::Packet::ConnAck(ack) => {
+            let mut caps = BrokerCaps::default();
+            if let Some(p) = ack.properties {
+                if let Some(q) = p.max_qos.and_then(|q| QoS::try_from(q).ok()) {
+                    caps.max_qos = q;
+                }
+                if let Some(r) = p.receive_max.filter(|r| *r > 0) {
+                    caps.receive_maximum = r;
+                }
+                caps.max_packet_size = p.max_packet_size;
+                caps.retain_available = p.retain_available != Some(0);
+                caps.server_keep_alive = p.server_keep_alive;
+            }
+            Packet::ConnAck(ConnAck {
+                session_present: ack.session_present,
+                code: connect_code_v5(ack.code),
+                caps,
+            })
+        }
+        v5::Packet::Publish(p) => {
+            let topic = String::from_utf8(p.topic.to_vec())
+                .map_err(|_| CodecError::Malformed("topic is not UTF-8".into()))?;
+            let (response_topic, correlation_data) = match p.properties {
+                Some(props) => (props.response_topic, props.correlation_data),
+                None => (None, None),
+            };
+            Packet::Publish(Publish {
+                dup: p.dup,
+                qos: from_q5(p.qos),
+                retain: p.retain,
+                pkid: p.pkid,
+                topic,
+                payload: p.payload,
+                response_topic,
+                correlation_data,
+            })
+        }
+        v5::Packet::PubAck(a) => Packet::PubAck {
+            pkid: a.pkid,
+            failure: (!matches!(
+                a.reason,
+                v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers
+            ))
+            .then(|| format!("{:?}", a.reason)),
+        },
+        v5::Packet::PubRec(a) => Packet::PubRec {
+            pkid: a.pkid,
+            failure: (!matches!(
+                a.reason,
+                v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers
+            ))
+            .then(|| format!("{:?}", a.reason)),
+        },
+        v5::Packet::PubRel(a) => Packet::PubRel(a.pkid),
+        v5::Packet::PubComp(a) => Packet::PubComp(a.pkid),
+        v5::Packet::SubAck(a) => Packet::SubAck {
+            pkid: a.pkid,
+            granted: a
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v5::SubscribeReasonCode::Success(q) => Some(from_q5(q)),
+                    _ => None,
+                })
+                .collect(),
+        },
+        v5::Packet::UnsubAck(a) => Packet::UnsubAck(a.pkid),
+        v5::Packet::PingResp(_) => Packet::PingResp,
+        v5::Packet::Disconnect(d) => Packet::Disconnect {
+            reason: d.reason_code as u8,
+            reason_string: d.properties.and_then(|p| p.reason_string),
+        },
+        v5::Packet::Auth(_) => Packet::Auth,
+        v5::Packet::Connect(..) => return unexpected("CONNECT"),
+        v5::Packet::Subscribe(_) => return unexpected("SUBSCRIBE"),
+        v5::Packet::Unsubscribe(_) => return unexpected("UNSUBSCRIBE"),
+        v5::Packet::PingReq(_) => return unexpected("PINGREQ"),
+    })
+}

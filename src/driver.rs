@@ -1,0 +1,165 @@
+//! Pumps one connection: bytes from the stream into the [`Session`], the session's events
+//! into an [`App`] (the responder or the examiner), the bytes they produce back to the
+//! stream, and timers for both. Reconnecting is the caller's business: this returns how
+//! the connection ended.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::mqtt::packet::ConnectCode;
+use crate::mqtt::session::{Event, Session};
+use crate::transport::BoxStream;
+
+/// The protocol side of a connection.
+pub trait App {
+    /// A session event (never `Refused` or `Purged`: those end the connection).
+    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant);
+    /// The app's next deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The app's deadline passed.
+    fn handle_timeout(&mut self, session: &mut Session, now: Instant);
+    /// SIGTERM/SIGINT: stop taking work and finish what is in flight.
+    fn handle_shutdown(&mut self, session: &mut Session, now: Instant);
+    /// Whether the app has called `session.disconnect()` and the connection should close.
+    fn wants_disconnect(&self) -> bool;
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// DISCONNECT was written and the stream shut down cleanly.
+    Disconnected,
+    /// The broker refused the CONNECT.
+    Refused(ConnectCode),
+    /// A 3.1.1 run cleared its old session; connect again at once.
+    Purged,
+    /// The link failed or the broker went silent.
+    Lost {
+        /// What failed.
+        error: String,
+        /// How long the connection had been up after CONNACK (`None`: never connected).
+        up_for: Option<Duration>,
+    },
+}
+
+/// Runs one connection over `stream` until it ends. `connect_timeout` bounds the wait for
+/// CONNACK; `shutdown` is passed to the app once when it fires.
+pub async fn run_connection(
+    mut stream: BoxStream,
+    session: &mut Session,
+    app: &mut dyn App,
+    connect_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> End {
+    let started = Instant::now();
+    let connack_deadline = started + connect_timeout;
+    let mut connected_at: Option<Instant> = None;
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut shutdown_seen = shutdown.is_cancelled();
+    session.handle_transport_up(started);
+    let lost = |error: String, connected_at: Option<Instant>| End::Lost {
+        error,
+        up_for: connected_at.map(|t| t.elapsed()),
+    };
+
+    loop {
+        while let Some(bytes) = session.poll_transmit() {
+            if let Err(e) = stream.write_all(&bytes).await {
+                session.handle_transport_down();
+                return lost(format!("write failed: {e}"), connected_at);
+            }
+        }
+        if app.wants_disconnect() {
+            // shutdown() flushes and sends FIN (TLS: close_notify) after the DISCONNECT.
+            let _ = stream.shutdown().await;
+            session.handle_transport_down();
+            return End::Disconnected;
+        }
+
+        let deadline = [
+            session.poll_timeout(),
+            app.poll_timeout(),
+            connected_at.is_none().then_some(connack_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                app.handle_shutdown(session, Instant::now());
+            }
+            read = stream.read_buf(&mut rbuf) => {
+                let now = Instant::now();
+                let error = match read {
+                    Ok(0) => Some("connection closed by the broker".to_owned()),
+                    Ok(_) => session.handle_bytes(&mut rbuf, now).err().map(|e| e.to_string()),
+                    Err(e) => Some(format!("read failed: {e}")),
+                };
+                if let Some(error) = error {
+                    // Events decoded before the failure still count (e.g. a DISCONNECT reason).
+                    if let Some(end) = dispatch(session, app, &mut connected_at, now) {
+                        return end;
+                    }
+                    session.handle_transport_down();
+                    return lost(error, connected_at);
+                }
+            }
+            () = sleep => {
+                let now = Instant::now();
+                if connected_at.is_none() && now >= connack_deadline {
+                    session.handle_transport_down();
+                    return lost(format!("no CONNACK within {connect_timeout:?}"), None);
+                }
+                if let Err(e) = session.handle_timeout(now) {
+                    session.handle_transport_down();
+                    return lost(e.to_string(), connected_at);
+                }
+                app.handle_timeout(session, now);
+            }
+        }
+        if let Some(end) = dispatch(session, app, &mut connected_at, Instant::now()) {
+            if matches!(end, End::Purged) {
+                while let Some(bytes) = session.poll_transmit() {
+                    let _ = stream.write_all(&bytes).await;
+                }
+                let _ = stream.shutdown().await;
+            }
+            session.handle_transport_down();
+            return end;
+        }
+    }
+}
+
+/// Hands session events to the app until none are left; `Some` when the connection ends.
+fn dispatch(
+    session: &mut Session,
+    app: &mut dyn App,
+    connected_at: &mut Option<Instant>,
+    now: Instant,
+) -> Option<End> {
+    while let Some(event) = session.poll_event() {
+        match event {
+            Event::Refused(code) => return Some(End::Refused(code)),
+            Event::Purged => return Some(End::Purged),
+            event => {
+                if matches!(event, Event::Connected { .. }) {
+                    *connected_at = Some(now);
+                }
+                app.handle_event(event, session, now);
+            }
+        }
+    }
+    None
+}

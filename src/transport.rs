@@ -1,0 +1,194 @@
+//! Opening the byte stream to the broker: TCP with TCP_NODELAY, optionally TLS (rustls with
+//! ring), both bounded by the connect timeout.
+//!
+//! The TLS client configuration is built once at startup so that a bad CA or key file is a
+//! configuration error, not a reconnect loop.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+use crate::config::{Broker, Tls};
+
+/// A connected byte stream, plain or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A boxed [`Stream`].
+pub type BoxStream = Pin<Box<dyn Stream>>;
+
+/// Where and how to connect, prepared once.
+#[derive(Clone)]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+    timeout: Duration,
+    tls: Option<(Arc<ClientConfig>, String)>,
+}
+
+/// Why opening the stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// TCP connect failed.
+    #[error("cannot connect to {0}: {1}")]
+    Tcp(String, io::Error),
+    /// The TLS handshake failed (untrusted certificate, wrong name, …).
+    #[error("TLS handshake with {addr} failed (trusting {trust}): {source}")]
+    Tls {
+        /// host:port
+        addr: String,
+        /// The CA file in use or "the system trust store".
+        trust: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Connect + handshake took longer than the timeout.
+    #[error("connecting to {0} timed out after {1:?}")]
+    Timeout(String, Duration),
+}
+
+/// Why the TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct TlsSetupError {
+    /// The configuration key at fault.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Endpoint {
+    /// Prepares the endpoint; loads and checks TLS material now.
+    pub fn new(broker: &Broker) -> Result<Endpoint, TlsSetupError> {
+        let tls = match &broker.tls {
+            None => None,
+            Some(tls) => Some((Arc::new(client_config(tls)?), trust_name(tls))),
+        };
+        Ok(Endpoint {
+            host: broker.host.clone(),
+            port: broker.port,
+            timeout: broker.connect_timeout,
+            tls,
+        })
+    }
+
+    /// `host:port`, for messages.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Opens the stream: TCP (no Nagle delay) and, if configured, the TLS handshake.
+    pub async fn open(&self) -> Result<BoxStream, OpenError> {
+        match tokio::time::timeout(self.timeout, self.open_inner()).await {
+            Ok(result) => result,
+            Err(_) => Err(OpenError::Timeout(self.addr(), self.timeout)),
+        }
+    }
+
+    async fn open_inner(&self) -> Result<BoxStream, OpenError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| OpenError::Tcp(self.addr(), e))?;
+        // Without this a QoS 2 round trip waits on Nagle's algorithm (~40 ms per step).
+        tcp.set_nodelay(true)
+            .map_err(|e| OpenError::Tcp(self.addr(), e))?;
+        let Some((config, trust)) = &self.tls else {
+            return Ok(Box::pin(tcp));
+        };
+        let tls_err = |source| OpenError::Tls {
+            addr: self.addr(),
+            trust: trust.clone(),
+            source,
+        };
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let stream = TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(tls_err)?;
+        Ok(Box::pin(stream))
+    }
+}
+
+fn trust_name(tls: &Tls) -> String {
+    match &tls.ca_file {
+        Some(path) => format!("CA file {}", path.display()),
+        None => "the system trust store".to_owned(),
+    }
+}
+
+fn client_config(tls: &Tls) -> Result<ClientConfig, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let certs = read_certs(path, "broker.tls.ca_file")?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(TlsSetupError {
+                    key: "broker.tls.ca_file",
+                    message: format!("{} holds no usable certificate", path.display()),
+                });
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(TlsSetupError {
+                    key: "broker.tls.ca_file",
+                    message: "empty, and the system trust store has no usable certificate"
+                        .to_owned(),
+                });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError {
+            key: "broker.tls",
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    match &tls.client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some(auth) => {
+            let certs = read_certs(&auth.cert_file, "broker.tls.client_cert_file")?;
+            let key =
+                PrivateKeyDer::from_pem_file(&auth.key_file).map_err(|e| TlsSetupError {
+                    key: "broker.tls.client_key_file",
+                    message: format!("{}: {e}", auth.key_file.display()),
+                })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsSetupError {
+                    key: "broker.tls.client_cert_file",
+                    message: e.to_string(),
+                })
+        }
+    }
+}
+
+fn read_certs(
+    path: &PathBuf,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let err = |message: String| TlsSetupError { key, message };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(err(format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(certs)
+}
