@@ -1469,3 +1469,876 @@ fn default_log_level() -> String {
 fn default_log_format() -> String {
     "auto".to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
+
+    const USER: &str = "session.user_id = \"2547841\"\n";
+    const SECRET: &str = "s3cr3t-Pa55w0rd";
+
+    /// A config file with `content` in a fresh directory, mode 0600.
+    fn file(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        (dir, path)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_env(content: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let (_dir, path) = file(content);
+        load_with_env(&path, env(vars)).map(|(config, _)| config)
+    }
+
+    fn ok(content: &str) -> Config {
+        match load_env(content, &[]) {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The error for `content` + `vars`, checked to name the file, without its prefix.
+    fn err_env(content: &str, vars: &[(&str, &str)]) -> String {
+        let (_dir, path) = file(content);
+        let e = match load_with_env(&path, env(vars)) {
+            Ok(_) => panic!("loaded, expected an error:\n{content}"),
+            Err(e) => e,
+        };
+        assert_eq!(e.file, path);
+        let shown = e.to_string();
+        let prefix = format!("config error in {}: ", path.display());
+        assert!(shown.starts_with(&prefix), "{shown}");
+        assert_eq!(shown[prefix.len()..], e.message);
+        e.message
+    }
+
+    fn err(content: &str) -> String {
+        err_env(content, &[])
+    }
+
+    /// Every case: a TOML snippet (dotted keys, so no headers are needed) and text the error
+    /// must contain — always the dotted key, and the value where it is not a secret.
+    #[test]
+    fn invalid_values_name_key_value_and_expectation() {
+        let long_topic = format!("session.login_topic = \"{}{{user_id}}\"", "x".repeat(65530));
+        let long_client = format!("broker.client_id = \"{}\"", "x".repeat(65536));
+        let cases: &[(&str, &str)] = &[
+            (
+                "session.user_id = \"a/b\"",
+                "session.user_id = \"a/b\": must be a single topic level",
+            ),
+            (
+                "session.user_id = \"\"",
+                "session.user_id = \"\": must not be empty",
+            ),
+            (
+                "session.user_id = \"a+\"",
+                "session.user_id = \"a+\": must not contain '+'",
+            ),
+            (
+                "session.login_topic = \"{uuid}\"",
+                "session.login_topic = \"{uuid}\": unknown placeholder {uuid} (allowed here: {user_id})",
+            ),
+            (
+                "session.login_topic = \"a/#\"",
+                "session.login_topic = \"a/#\": must not contain",
+            ),
+            (
+                "session.uuid_topic = \"{command}/x\"",
+                "session.uuid_topic = \"{command}/x\": unknown placeholder {command}",
+            ),
+            (
+                "session.command_topic = \"{command}\"",
+                "session.command_topic = \"{command}\": unknown placeholder {command} (allowed here: {user_id}, {uuid})",
+            ),
+            (
+                "session.reply_topic = \"{uuid}/{nope}\"",
+                "session.reply_topic = \"{uuid}/{nope}\": unknown placeholder {nope}",
+            ),
+            (
+                "session.reply_topic = \"{uuid\"",
+                "session.reply_topic = \"{uuid\": unbalanced",
+            ),
+            (
+                "session.status_topic = \"{uuid}\"",
+                "session.status_topic = \"{uuid}\": unknown placeholder {uuid}",
+            ),
+            (
+                &long_topic,
+                "session.login_topic = \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"… (65539 bytes): rendered with session.user_id the topic must be at most 65535 bytes",
+            ),
+            ("session.qos = 3", "session.qos = 3, expected 0, 1 or 2"),
+            ("session.qos = -1", "session.qos = -1, expected 0, 1 or 2"),
+            (
+                "session.login_timeout_secs = 0",
+                "session.login_timeout_secs = 0, expected at least 1 second",
+            ),
+            (
+                "session.drain_timeout_secs = -1",
+                "session.drain_timeout_secs = -1, expected at least 0 seconds",
+            ),
+            (
+                "session.status_interval_secs = 0",
+                "session.status_interval_secs = 0, expected at least 1",
+            ),
+            (
+                "session.status_interval_secs = 4294967296",
+                "session.status_interval_secs = 4294967296, expected at most 4294967295",
+            ),
+            (
+                "session.max_payload_bytes = 0",
+                "session.max_payload_bytes = 0, expected 1..=268435455",
+            ),
+            (
+                "session.max_payload_bytes = 268435456",
+                "session.max_payload_bytes = 268435456, expected 1..=268435455",
+            ),
+            (
+                "session.unknown_command = \"maybe\"",
+                "session.unknown_command = \"maybe\", expected \"ignore\" or \"reply\"",
+            ),
+            (
+                "session.unknown_command = \"reply\"\nsession.unknown_reply = \"\"",
+                "session.unknown_reply = \"\", expected a non-empty payload",
+            ),
+            (
+                "session.completion_message = \"\"",
+                "session.completion_message = \"\", expected a non-empty message",
+            ),
+            (
+                "session.max_payload_bytes = 4",
+                "session.completion_message: is 17 bytes, longer than session.max_payload_bytes = 4",
+            ),
+            (
+                "session.reply_topic = \"{uuid}\"",
+                "session.reply_topic = \"{uuid}\": for command \"CMD1\" it is the same topic as session.command_topic",
+            ),
+            (
+                "broker.host = \"\"",
+                "broker.host = \"\", expected a host name or address",
+            ),
+            (
+                "broker.host = \"  \"",
+                "broker.host = \"  \", expected a host name",
+            ),
+            ("broker.port = 0", "broker.port = 0, expected 1..=65535"),
+            (
+                "broker.port = 65536",
+                "broker.port = 65536, expected 1..=65535",
+            ),
+            ("broker.port = -1", "broker.port = -1, expected 1..=65535"),
+            (
+                "broker.protocol = \"4\"",
+                "broker.protocol = \"4\", expected \"3.1.1\" or \"5\"",
+            ),
+            (
+                "broker.protocol = \"3\"",
+                "broker.protocol = \"3\", expected \"3.1.1\" or \"5\" (protocol levels such as \"3\" or \"4\" are not accepted)",
+            ),
+            (
+                "broker.client_id = \"a\\u0000b\"",
+                "broker.client_id = \"a\\0b\": must not contain NUL",
+            ),
+            (
+                &long_client,
+                "broker.client_id: is 65536 bytes long, expected at most 65535",
+            ),
+            (
+                "broker.username = \"a\\u0000\"",
+                "broker.username = \"a\\0\": must not contain NUL",
+            ),
+            (
+                "broker.keep_alive_secs = 4",
+                "broker.keep_alive_secs = 4, expected 5..=65535 seconds (common MQTT 5 clients refuse less than 5",
+            ),
+            (
+                "broker.keep_alive_secs = 0",
+                "broker.keep_alive_secs = 0, expected 5..=65535",
+            ),
+            (
+                "broker.keep_alive_secs = 65536",
+                "broker.keep_alive_secs = 65536, expected 5..=65535",
+            ),
+            (
+                "broker.connect_timeout_secs = 0",
+                "broker.connect_timeout_secs = 0, expected at least 1 second",
+            ),
+            (
+                "broker.max_inflight = 0",
+                "broker.max_inflight = 0, expected 1..=65535",
+            ),
+            (
+                "broker.max_inflight = 65536",
+                "broker.max_inflight = 65536, expected 1..=65535",
+            ),
+            (
+                "broker.password_file = \"/nonexistent/pw\"",
+                "broker.password_file = \"/nonexistent/pw\": cannot read it: No such file",
+            ),
+            (
+                "broker.tls.ca_file = \"/nonexistent/ca.pem\"",
+                "broker.tls.ca_file = \"/nonexistent/ca.pem\": cannot read it",
+            ),
+            (
+                "broker.tls.ca_file = \"/\"",
+                "broker.tls.ca_file = \"/\": is a directory",
+            ),
+            (
+                "broker.tls.client_cert_file = \"/etc/hostname\"",
+                "broker.tls.client_key_file: missing, but broker.tls.client_cert_file is set",
+            ),
+            (
+                "broker.tls.client_key_file = \"/etc/hostname\"",
+                "broker.tls.client_cert_file: missing, but broker.tls.client_key_file is set",
+            ),
+            (
+                "broker.tls.client_cert_file = \"/nonexistent/c\"\nbroker.tls.client_key_file = \"/nonexistent/k\"",
+                "broker.tls.client_cert_file = \"/nonexistent/c\": cannot read it",
+            ),
+            ("replies = {}", "replies: is empty, expected at least one"),
+            (
+                "replies = \"CMD1\"",
+                "replies: found string, expected a table",
+            ),
+            (
+                "replies.\"a/b\" = \"x\"",
+                "replies.a/b: the command \"a/b\" must be a single topic level",
+            ),
+            (
+                "replies.\"#\" = \"x\"",
+                "replies.#: the command \"#\" must not contain",
+            ),
+            (
+                "replies.CMD1 = \"\"",
+                "replies.CMD1 = \"\", expected a non-empty reply",
+            ),
+            (
+                "replies.CMD1 = 5",
+                "replies.CMD1: found integer, expected a string",
+            ),
+            (
+                "replies.\"Well done my IoT!\" = \"x\"",
+                "replies: the command \"Well done my IoT!\" is also session.completion_message",
+            ),
+            (
+                "reconnect.initial_delay_ms = 0",
+                "reconnect.initial_delay_ms = 0, expected 1..=4294967295 milliseconds",
+            ),
+            (
+                "reconnect.max_delay_secs = 0",
+                "reconnect.max_delay_secs = 0, expected at least 1 second",
+            ),
+            (
+                "reconnect.initial_delay_ms = 5000\nreconnect.max_delay_secs = 4",
+                "reconnect.max_delay_secs = 4, expected at least reconnect.initial_delay_ms (5000 ms)",
+            ),
+            (
+                "reconnect.max_attempts = -1",
+                "reconnect.max_attempts = -1, expected 0 (retry forever) or a count",
+            ),
+            (
+                "log.level = \"verbose\"",
+                "log.level = \"verbose\", expected one of \"trace\", \"debug\", \"info\", \"warn\", \"error\"",
+            ),
+            (
+                "log.format = \"xml\"",
+                "log.format = \"xml\", expected one of \"auto\", \"journald\", \"text\", \"json\"",
+            ),
+        ];
+        for (snippet, expected) in cases {
+            let user = if snippet.starts_with("session.user_id") {
+                ""
+            } else {
+                USER
+            };
+            let message = err(&format!("{user}{snippet}\n"));
+            assert!(
+                message.contains(expected),
+                "for {snippet:?}\n  got: {message}\n want: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_message_of_the_spec() {
+        let (_dir, path) = file(&format!("{USER}session.qos = 3\n"));
+        let e = load_with_env(&path, Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config error in {}: session.qos = 3, expected 0, 1 or 2",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn user_id_is_required() {
+        for content in ["", "[session]\n", "[broker]\nhost = \"h\"\n"] {
+            let message = err(content);
+            assert!(message.starts_with("session.user_id: missing"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_renders_too_long_with_the_user_id_is_rejected() {
+        // Valid with parse's one-byte sample user ID, too long with the real one.
+        let content = format!(
+            "session.user_id = \"abcdefghij\"\nsession.login_topic = \"{}{{user_id}}\"\n",
+            "x".repeat(65530)
+        );
+        let message = err(&content);
+        assert!(
+            message.starts_with("session.login_topic = "),
+            "{}",
+            &message[..40]
+        );
+        assert!(
+            message
+                .ends_with("rendered with session.user_id the topic must be at most 65535 bytes"),
+            "{}",
+            &message[message.len() - 80..]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_every_section() {
+        let cases = [
+            ("broker.hots = \"x\"", "broker.hots: unknown key"),
+            ("broker.tls.ca = \"x\"", "broker.tls.ca: unknown key"),
+            ("session.qso = 1", "session.qso: unknown key"),
+            ("reconnect.retries = 1", "reconnect.retries: unknown key"),
+            ("log.colour = \"x\"", "log.colour: unknown key"),
+            ("verbose = true", "verbose: unknown key"),
+            ("[brokers]\nhost = \"x\"", "brokers: unknown key"),
+        ];
+        for (snippet, expected) in cases {
+            let message = err(&format!("{USER}{snippet}\n"));
+            assert!(message.starts_with(expected), "{snippet}: {message}");
+        }
+        // The list of valid keys helps with the typo.
+        let message = err(&format!("{USER}broker.hots = \"x\"\n"));
+        assert!(message.contains("`host`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let cases = [
+            (
+                "session.qos = \"two\"",
+                "session.qos: found string \"two\", expected an integer",
+            ),
+            (
+                "broker.port = \"eighty\"",
+                "broker.port: found string \"eighty\", expected an integer",
+            ),
+            (
+                "reconnect.max_attempts = [1]",
+                "reconnect.max_attempts: found sequence",
+            ),
+            ("broker.host = { a = 1 }", "broker.host: found map"),
+            ("broker = 5", "broker: found integer `5`, expected a table"),
+            (
+                "broker.tls = \"yes\"",
+                "broker.tls: found string \"yes\", expected a table",
+            ),
+        ];
+        for (snippet, expected) in cases {
+            let message = err(&format!("{USER}{snippet}\n"));
+            assert!(message.starts_with(expected), "{snippet}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let e = load_with_env(&path, Vec::new()).unwrap_err();
+        assert_eq!(e.file, path);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config error in {}: cannot read the file: No such file",
+                path.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_gives_the_position() {
+        let message = err(&format!("{USER}[broker\nhost = 1\n"));
+        assert!(
+            message.starts_with("invalid TOML at line 2, column"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_numbers_strings_and_the_password() {
+        let (_dir, path) = file(USER);
+        let vars = env(&[
+            ("MQTT_RESPONDER__SESSION__QOS", "1"),
+            ("MQTT_RESPONDER__BROKER__HOST", "broker.example.org"),
+            ("MQTT_RESPONDER__BROKER__PASSWORD", SECRET),
+            ("MQTT_RESPONDER__BROKER__CLIENT_ID", "pi-7"),
+            ("MQTT_RESPONDER__RECONNECT__MAX_ATTEMPTS", "3"),
+            // Not ours: ignored.
+            ("MQTT_RESPONDER_CONFIG", "/elsewhere.toml"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let (config, warnings) = load_with_env(&path, vars).unwrap();
+        assert_eq!(config.session.qos, QoS::AtLeastOnce);
+        assert_eq!(config.broker.host, "broker.example.org");
+        assert_eq!(config.broker.client_id, "pi-7");
+        assert_eq!(config.reconnect.max_attempts, Some(3));
+        assert_eq!(config.broker.password, Some(Secret::new(SECRET.into())));
+        // The password is in the environment, not in the file: nothing to warn about.
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let content = format!("{USER}session.qos = 0\nbroker.port = 1000\n");
+        let config = load_env(&content, &[("MQTT_RESPONDER__SESSION__QOS", "2")]).unwrap();
+        assert_eq!(config.session.qos, QoS::ExactlyOnce);
+        assert_eq!(config.broker.port, 1000);
+        // user_id from the environment alone is enough.
+        let config = load_env("", &[("MQTT_RESPONDER__SESSION__USER_ID", "42")]).unwrap();
+        assert_eq!(config.session.user_id, "42");
+        assert_eq!(config.broker.client_id, "mqtt-responder-42");
+    }
+
+    #[test]
+    fn environment_can_switch_on_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca_str = ca.to_str().unwrap();
+        let config = load_env(USER, &[("MQTT_RESPONDER__BROKER__TLS__CA_FILE", ca_str)]).unwrap();
+        let tls = config.broker.tls.expect("tls switched on");
+        assert_eq!(tls.ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(config.broker.port, 8883);
+    }
+
+    #[test]
+    fn errors_in_environment_values_name_the_variable() {
+        let message = err_env(USER, &[("MQTT_RESPONDER__SESSION__QOS", "7")]);
+        assert_eq!(
+            message,
+            "session.qos = 7, expected 0, 1 or 2 (from environment variable \
+             MQTT_RESPONDER__SESSION__QOS)"
+        );
+        let message = err_env(USER, &[("MQTT_RESPONDER__SESSION__QOS", "high")]);
+        assert!(
+            message.starts_with("session.qos: found string \"high\""),
+            "{message}"
+        );
+        assert!(message.ends_with("(from environment variable MQTT_RESPONDER__SESSION__QOS)"));
+        let message = err_env(USER, &[("MQTT_RESPONDER__BROKER__HOTS", "x")]);
+        assert!(message.starts_with("broker.hots: unknown key"), "{message}");
+        assert!(message.ends_with("(from environment variable MQTT_RESPONDER__BROKER__HOTS)"));
+        let message = err_env(USER, &[("MQTT_RESPONDER__REPLIES", "x")]);
+        assert!(
+            message.starts_with("replies: cannot be set as a whole"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_replies_keeping_the_case() {
+        let vars = [
+            ("MQTT_RESPONDER__REPLIES__CMD2", "Mouse"),
+            ("MQTT_RESPONDER__REPLIES__Cmd8", "Pen"),
+        ];
+        let config = load_env(USER, &vars).unwrap();
+        let mut expected = ReplyTable::seed().0;
+        expected[1].1 = "Mouse".into();
+        expected.push(("Cmd8".into(), "Pen".into()));
+        assert_eq!(config.replies.0, expected);
+        let message = err_env(USER, &[("MQTT_RESPONDER__REPLIES__CMD1", "")]);
+        assert_eq!(
+            message,
+            "replies.CMD1 = \"\", expected a non-empty reply (from environment variable \
+             MQTT_RESPONDER__REPLIES__CMD1)"
+        );
+    }
+
+    #[test]
+    fn state_dir_falls_back_to_systemd_state_directory() {
+        let config = load_env(USER, &[]).unwrap();
+        assert_eq!(config.session.state_dir, None);
+        let vars = [("STATE_DIRECTORY", "/var/lib/mqtt-responder:/var/lib/other")];
+        let config = load_env(USER, &vars).unwrap();
+        assert_eq!(
+            config.session.state_dir.as_deref(),
+            Some(Path::new("/var/lib/mqtt-responder"))
+        );
+        let content = format!("{USER}session.state_dir = \"/srv/state\"\n");
+        let config = load_env(&content, &vars).unwrap();
+        assert_eq!(
+            config.session.state_dir.as_deref(),
+            Some(Path::new("/srv/state"))
+        );
+    }
+
+    fn with_password_file(content: &[u8]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, content).unwrap();
+        std::fs::set_permissions(&pw, Permissions::from_mode(0o600)).unwrap();
+        let toml = format!("{USER}broker.password_file = {:?}\n", pw.to_str().unwrap());
+        load_env(&toml, &[])
+    }
+
+    #[test]
+    fn password_file_strips_one_trailing_newline() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"hunter2\n", "hunter2"),
+            (b"hunter2\r\n", "hunter2"),
+            (b"hunter2", "hunter2"),
+            (b"hunter2\n\n", "hunter2\n"),
+            (b" hunter2 ", " hunter2 "),
+        ];
+        for (content, expected) in cases {
+            let config = with_password_file(content).unwrap();
+            let password = config.broker.password.expect("a password");
+            assert_eq!(password.expose(), expected, "{content:?}");
+        }
+        let e = with_password_file(b"\n").unwrap_err();
+        assert!(e.message.contains("the file is empty"), "{e}");
+    }
+
+    #[test]
+    fn password_and_password_file_are_exclusive() {
+        let content = format!(
+            "{USER}broker.password = \"{SECRET}\"\nbroker.password_file = \"/etc/hostname\"\n"
+        );
+        let message = err(&content);
+        assert!(
+            message.contains("broker.password and broker.password_file"),
+            "{message}"
+        );
+        assert!(!message.contains(SECRET));
+        // Also when one of them comes from the environment.
+        let content = format!("{USER}broker.password_file = \"/etc/hostname\"\n");
+        let message = err_env(&content, &[("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]);
+        assert!(message.contains("are both set"), "{message}");
+        assert!(!message.contains(SECRET));
+    }
+
+    #[test]
+    fn empty_credentials_mean_none() {
+        let content = format!("{USER}broker.username = \"\"\nbroker.password = \"\"\n");
+        let config = ok(&content);
+        assert_eq!(config.broker.username, None);
+        assert_eq!(config.broker.password, None);
+        let config = ok(&format!("{USER}broker.username = \"pi\"\n"));
+        assert_eq!(config.broker.username.as_deref(), Some("pi"));
+    }
+
+    #[test]
+    fn passwords_readable_by_others_draw_a_warning() {
+        let content = format!("{USER}broker.password = \"{SECRET}\"\n");
+        let (_dir, path) = file(&content);
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{} holds broker.password and is readable by other users (mode 0644); \
+                 chmod 600 it",
+                path.display()
+            )]
+        );
+        assert!(!warnings[0].contains(SECRET));
+
+        // Without a password in it, a readable config file is fine.
+        let (_dir2, plain) = file(USER);
+        std::fs::set_permissions(&plain, Permissions::from_mode(0o644)).unwrap();
+        let (_, warnings) = load_with_env(&plain, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // The password file itself.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, SECRET).unwrap();
+        std::fs::set_permissions(&pw, Permissions::from_mode(0o604)).unwrap();
+        let (_dir3, path) = file(&format!("{USER}broker.password_file = {pw:?}\n"));
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{} (broker.password_file) is readable by other users (mode 0604); chmod 600 it",
+                pw.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, format!("{SECRET}\n")).unwrap();
+        let from_file = format!("{USER}broker.password = \"{SECRET}\"\n");
+        let from_password_file = format!("{USER}broker.password_file = {pw:?}\n");
+        for (content, vars) in [
+            (from_file.as_str(), vec![]),
+            (from_password_file.as_str(), vec![]),
+            (USER, vec![("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]),
+        ] {
+            let config = load_env(content, &vars).unwrap();
+            assert_eq!(config.broker.password.as_ref().unwrap().expose(), SECRET);
+            let shown = config.to_redacted_toml();
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("password = \"<redacted>\""), "{shown}");
+            assert!(!format!("{config:?}").contains(SECRET));
+        }
+
+        // Errors: a bad value elsewhere, a wrong type for the password itself, a syntax
+        // error on the password's line.
+        let errors = [
+            err(&format!("{from_file}session.qos = 9\n")),
+            err_env(
+                USER,
+                &[
+                    ("MQTT_RESPONDER__BROKER__PASSWORD", SECRET),
+                    ("MQTT_RESPONDER__SESSION__QOS", "9"),
+                ],
+            ),
+            err(&format!("{USER}broker.password = [\"{SECRET}\"]\n")),
+            err(&format!("{USER}broker.password = {{ p = \"{SECRET}\" }}\n")),
+            err(&format!("{USER}broker.password = \"{SECRET}\n")),
+            err(&format!("{USER}broker.password = {SECRET}\n")),
+            err(&format!(
+                "{USER}broker.password = \"{SECRET}\"\nbroker.password_file = {pw:?}\n"
+            )),
+        ];
+        for message in &errors {
+            assert!(!message.contains(SECRET), "{message}");
+        }
+        assert!(
+            errors[2].starts_with("broker.password: wrong type"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn replies_keep_case_and_order_and_replace_the_defaults() {
+        let content =
+            format!("{USER}[replies]\nzeta = \"1\"\nAlpha = \"2\"\ncmd1 = \"3\"\nCMD1 = \"4\"\n");
+        let config = ok(&content);
+        let expected = [("zeta", "1"), ("Alpha", "2"), ("cmd1", "3"), ("CMD1", "4")];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(c, r)| (c.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(config.replies.0, expected);
+        assert_eq!(config.replies.reply("CMD2"), None);
+        // The redacted view keeps them too.
+        let shown = config.to_redacted_toml();
+        let at = |s: &str| shown.find(s).unwrap_or_else(|| panic!("{s} in {shown}"));
+        assert!(at("zeta = ") < at("Alpha = ") && at("Alpha = ") < at("cmd1 = "));
+    }
+
+    #[test]
+    fn defaults_are_those_of_the_spec() {
+        let c = ok(USER);
+        let b = &c.broker;
+        assert_eq!(b.host, "localhost");
+        assert_eq!(b.port, 1883);
+        assert_eq!(b.protocol, Protocol::V311);
+        assert_eq!(b.client_id, "mqtt-responder-2547841");
+        assert_eq!(b.username, None);
+        assert_eq!(b.password, None);
+        assert_eq!(b.keep_alive, Duration::from_secs(30));
+        assert_eq!(b.connect_timeout, Duration::from_secs(10));
+        assert_eq!(b.max_inflight, 20);
+        assert_eq!(b.tls, None);
+        let s = &c.session;
+        assert_eq!(s.user_id, "2547841");
+        assert_eq!(s.login_topic.as_str(), "login");
+        assert_eq!(s.uuid_topic.as_str(), "{user_id}/UUID");
+        assert_eq!(s.command_topic.as_str(), "{uuid}");
+        assert_eq!(s.reply_topic.as_str(), "{uuid}/{command}");
+        assert_eq!(s.completion_message, "Well done my IoT!");
+        assert_eq!(s.qos, QoS::ExactlyOnce);
+        assert_eq!(s.login_timeout, Duration::from_secs(30));
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.max_payload_bytes, 65536);
+        assert_eq!(s.unknown_command, UnknownCommand::Ignore);
+        assert_eq!(
+            s.status_topic.as_ref().map(Template::as_str),
+            Some("{user_id}/status")
+        );
+        assert_eq!(s.status_interval, Duration::from_secs(60));
+        assert_eq!(s.state_dir, None);
+        assert_eq!(c.replies, ReplyTable::seed());
+        assert_eq!(
+            c.reconnect,
+            Reconnect {
+                initial_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(60),
+                max_attempts: None,
+            }
+        );
+        assert_eq!(
+            c.log,
+            Log {
+                level: "info".into(),
+                format: LogFormat::Auto,
+            }
+        );
+    }
+
+    #[test]
+    fn resolved_and_optional_values() {
+        let c = ok(&format!(
+            "{USER}session.status_topic = \"\"\nsession.unknown_command = \"reply\"\n\
+             reconnect.max_attempts = 5\nbroker.protocol = \"5\"\nlog.level = \"DEBUG\"\n\
+             log.format = \"json\"\n"
+        ));
+        assert_eq!(c.session.status_topic, None);
+        assert_eq!(
+            c.session.unknown_command,
+            UnknownCommand::Reply("UNKNOWN".into())
+        );
+        assert_eq!(c.reconnect.max_attempts, Some(5));
+        assert_eq!(c.broker.protocol, Protocol::V5);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        // A present [broker.tls], even empty, means TLS with the system roots on 8883.
+        let c = ok("[broker.tls]\n[session]\nuser_id = \"7\"\n");
+        assert_eq!(
+            c.broker.tls,
+            Some(Tls {
+                ca_file: None,
+                client_auth: None
+            })
+        );
+        assert_eq!(c.broker.port, 8883);
+        let c = ok(&format!("{USER}broker.port = 1883\nbroker.tls = {{}}\n"));
+        assert_eq!(c.broker.port, 1883);
+    }
+
+    #[test]
+    fn mutual_tls_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map(|n| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, "pem").unwrap();
+            p
+        });
+        let content = format!(
+            "{USER}[broker.tls]\nca_file = {ca:?}\nclient_cert_file = {cert:?}\n\
+             client_key_file = {key:?}\n"
+        );
+        let c = ok(&content);
+        assert_eq!(
+            c.broker.tls,
+            Some(Tls {
+                ca_file: Some(ca),
+                client_auth: Some(ClientAuth {
+                    cert_file: cert,
+                    key_file: key
+                }),
+            })
+        );
+        // And they survive the redacted view and a reload of it.
+        let shown = c.to_redacted_toml();
+        assert_eq!(ok(&shown).to_redacted_toml(), shown);
+    }
+
+    #[test]
+    fn the_redacted_view_is_complete_and_loads_back() {
+        let c = load_env(
+            USER,
+            &[
+                ("MQTT_RESPONDER__BROKER__USERNAME", "pi"),
+                ("MQTT_RESPONDER__SESSION__UNKNOWN_COMMAND", "reply"),
+                ("STATE_DIRECTORY", "/var/lib/x"),
+            ],
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        for line in [
+            "[broker]",
+            "host = \"localhost\"",
+            "port = 1883",
+            "protocol = \"3.1.1\"",
+            "client_id = \"mqtt-responder-2547841\"",
+            "username = \"pi\"",
+            "password = \"\"",
+            "keep_alive_secs = 30",
+            "connect_timeout_secs = 10",
+            "max_inflight = 20",
+            "[session]",
+            "user_id = \"2547841\"",
+            "login_topic = \"login\"",
+            "uuid_topic = \"{user_id}/UUID\"",
+            "command_topic = \"{uuid}\"",
+            "reply_topic = \"{uuid}/{command}\"",
+            "completion_message = \"Well done my IoT!\"",
+            "qos = 2",
+            "login_timeout_secs = 30",
+            "drain_timeout_secs = 5",
+            "max_payload_bytes = 65536",
+            "unknown_command = \"reply\"",
+            "unknown_reply = \"UNKNOWN\"",
+            "status_topic = \"{user_id}/status\"",
+            "status_interval_secs = 60",
+            "state_dir = \"/var/lib/x\"",
+            "[replies]",
+            "CMD7 = \"Toy\"",
+            "[reconnect]",
+            "initial_delay_ms = 500",
+            "max_delay_secs = 60",
+            "max_attempts = 0",
+            "[log]",
+            "level = \"info\"",
+            "format = \"auto\"",
+        ] {
+            assert!(
+                shown.lines().any(|l| l == line),
+                "{line:?} missing in\n{shown}"
+            );
+        }
+        assert!(!shown.contains("tls"), "{shown}");
+        assert_eq!(ok(&shown).to_redacted_toml(), shown);
+    }
+
+    #[test]
+    fn the_shipped_example_loads_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/mqtt-responder/config.toml");
+        let (example, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(example.to_redacted_toml(), ok(USER).to_redacted_toml());
+        assert_eq!(example.source, path);
+    }
+
+    #[test]
+    fn path_resolution() {
+        let cli = Path::new("/cli.toml");
+        let env = || Some(OsString::from("/env.toml"));
+        assert_eq!(resolve_path_from(Some(cli), env()), cli);
+        assert_eq!(resolve_path_from(None, env()), Path::new("/env.toml"));
+        assert_eq!(
+            resolve_path_from(None, Some(OsString::new())),
+            Path::new(DEFAULT_PATH)
+        );
+        assert_eq!(resolve_path_from(None, None), Path::new(DEFAULT_PATH));
+    }
+}
