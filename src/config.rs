@@ -4,11 +4,18 @@
 //! Public types below are the validated configuration the rest of the daemon uses; the raw
 //! serde schema stays private to this module.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
 use crate::mqtt::{Protocol, QoS};
-use crate::topic::Template;
+use crate::topic::{Template, Var, Vars, validate_level, validate_topic};
 
 /// Where the configuration is read from when neither `--config` nor `MQTT_RESPONDER_CONFIG`
 /// says otherwise.
@@ -215,21 +222,2123 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Environment variable naming the configuration file when `--config` is not given.
+const CONFIG_ENV: &str = "MQTT_RESPONDER_CONFIG";
+
+/// Prefix of the per-key overrides `MQTT_RESPONDER__<SECTION>__<KEY>`, lower-cased: the
+/// `config` crate matches it without regard to case, and so do we.
+const ENV_PREFIX: &str = "mqtt_responder__";
+
+/// Prefix of `MQTT_RESPONDER__REPLIES__<COMMAND>`, handled here rather than by the `config`
+/// crate, which would lower-case the command.
+const REPLIES_ENV_PREFIX: &str = "mqtt_responder__replies__";
+
+/// What `check-config` prints instead of a password.
+const REDACTED: &str = "<redacted>";
+
+/// Keys whose values never appear in an error message or in `check-config` output.
+const SECRET_KEYS: &[&str] = &["broker.password"];
+
+/// Upper bound for durations and counts. Far beyond any sensible setting, and it keeps
+/// `Instant + Duration` arithmetic elsewhere in the daemon clear of overflow.
+const MAX_U32: i64 = u32::MAX as i64;
+
+/// Largest payload MQTT can carry in one packet (the Remaining Length limit).
+const MAX_PACKET_BYTES: i64 = 268_435_455;
+
+/// Largest MQTT UTF-8 string or binary field (client id, user name, password).
+const MAX_MQTT_STRING: usize = u16::MAX as usize;
+
+/// Stand-in for the UUID when templates are rendered at load time; shaped like a real one so
+/// that a literal topic cannot collide with it by accident.
+const SAMPLE_UUID: &str = "00000000-0000-4000-8000-000000000000";
+
 /// Which file to read: `--config`, else `MQTT_RESPONDER_CONFIG`, else [`DEFAULT_PATH`].
 pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
-    todo!("helper: config")
+    resolve_path_from(cli, std::env::var_os(CONFIG_ENV))
+}
+
+fn resolve_path_from(cli: Option<&Path>, env: Option<OsString>) -> PathBuf {
+    match (cli, env) {
+        (Some(path), _) => path.to_path_buf(),
+        // An empty variable is treated as unset, as systemd's `Environment=VAR=` suggests.
+        (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
 }
 
 /// Loads `path` plus `MQTT_RESPONDER__SECTION__KEY` environment overrides and validates it.
 /// Warnings (a password in a file others can read) are returned, not logged, so the caller
 /// decides where they go.
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-    todo!("helper: config")
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        // Our variables have ASCII names; a name that is not Unicode is someone else's.
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => env.push((name, value)),
+            Err(_) if name.to_ascii_lowercase().starts_with(ENV_PREFIX) => {
+                return Err(ConfigError {
+                    file: path.to_path_buf(),
+                    message: format!("environment variable {name} is not valid UTF-8"),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    load_with_env(path, env)
+}
+
+/// [`load`] with the environment passed in instead of read from the process, so tests (and
+/// a reload that must see the environment the daemon started with) control it. Besides the
+/// overrides, only `STATE_DIRECTORY` is read from it.
+pub fn load_with_env(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let env = Env::split(path, env)?;
+    let check = Check {
+        file: path,
+        origins: &env.origins,
+    };
+    let text = read_config_file(path)?;
+    let document = parse_toml(path, &text)?;
+    let raw = deserialize(&check, &text, env.overrides.clone())?;
+    let replies = reply_table(&check, document.get("replies"), &env.replies)?;
+    let (config, password_file) = validate(&check, raw, replies, env.state_directory.as_deref())?;
+    let warnings = permission_warnings(path, &document, password_file.as_deref());
+    Ok((config, warnings))
 }
 
 impl Config {
     /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    ///
+    /// Every key appears with its resolved value (client id filled in, port chosen), except
+    /// `password_file`: the password is shown as `"<redacted>"` whatever its origin, and
+    /// `unknown_reply`, which only appears when `unknown_command = "reply"`.
     pub fn to_redacted_toml(&self) -> String {
-        todo!("helper: config")
+        let b = &self.broker;
+        let mut broker = toml::Table::new();
+        broker.insert("host".into(), b.host.clone().into());
+        broker.insert("port".into(), i64::from(b.port).into());
+        broker.insert("protocol".into(), b.protocol.to_string().into());
+        broker.insert("client_id".into(), b.client_id.clone().into());
+        broker.insert(
+            "username".into(),
+            b.username.clone().unwrap_or_default().into(),
+        );
+        let password = if b.password.is_some() { REDACTED } else { "" };
+        broker.insert("password".into(), password.into());
+        broker.insert("keep_alive_secs".into(), secs(b.keep_alive).into());
+        broker.insert(
+            "connect_timeout_secs".into(),
+            secs(b.connect_timeout).into(),
+        );
+        broker.insert("max_inflight".into(), i64::from(b.max_inflight).into());
+        if let Some(tls) = &b.tls {
+            let mut t = toml::Table::new();
+            let (cert, key) = match &tls.client_auth {
+                Some(auth) => (path_string(&auth.cert_file), path_string(&auth.key_file)),
+                None => (String::new(), String::new()),
+            };
+            let ca = tls.ca_file.as_deref().map(path_string).unwrap_or_default();
+            t.insert("ca_file".into(), ca.into());
+            t.insert("client_cert_file".into(), cert.into());
+            t.insert("client_key_file".into(), key.into());
+            broker.insert("tls".into(), t.into());
+        }
+
+        let s = &self.session;
+        let mut session = toml::Table::new();
+        session.insert("user_id".into(), s.user_id.clone().into());
+        for (key, template) in [
+            ("login_topic", &s.login_topic),
+            ("uuid_topic", &s.uuid_topic),
+            ("command_topic", &s.command_topic),
+            ("reply_topic", &s.reply_topic),
+        ] {
+            session.insert(key.into(), template.as_str().into());
+        }
+        session.insert(
+            "completion_message".into(),
+            s.completion_message.clone().into(),
+        );
+        session.insert("qos".into(), i64::from(s.qos.as_u8()).into());
+        session.insert("login_timeout_secs".into(), secs(s.login_timeout).into());
+        session.insert("drain_timeout_secs".into(), secs(s.drain_timeout).into());
+        session.insert(
+            "max_payload_bytes".into(),
+            i64::try_from(s.max_payload_bytes)
+                .unwrap_or(i64::MAX)
+                .into(),
+        );
+        match &s.unknown_command {
+            UnknownCommand::Ignore => {
+                session.insert("unknown_command".into(), "ignore".into());
+            }
+            UnknownCommand::Reply(reply) => {
+                session.insert("unknown_command".into(), "reply".into());
+                session.insert("unknown_reply".into(), reply.clone().into());
+            }
+        }
+        let status = s.status_topic.as_ref().map(Template::as_str).unwrap_or("");
+        session.insert("status_topic".into(), status.into());
+        session.insert(
+            "status_interval_secs".into(),
+            secs(s.status_interval).into(),
+        );
+        let state_dir = s.state_dir.as_deref().map(path_string).unwrap_or_default();
+        session.insert("state_dir".into(), state_dir.into());
+
+        let mut replies = toml::Table::new();
+        for (command, reply) in &self.replies.0 {
+            replies.insert(command.clone(), reply.clone().into());
+        }
+
+        let r = &self.reconnect;
+        let mut reconnect = toml::Table::new();
+        let initial_ms = i64::try_from(r.initial_delay.as_millis()).unwrap_or(i64::MAX);
+        reconnect.insert("initial_delay_ms".into(), initial_ms.into());
+        reconnect.insert("max_delay_secs".into(), secs(r.max_delay).into());
+        reconnect.insert(
+            "max_attempts".into(),
+            i64::from(r.max_attempts.unwrap_or(0)).into(),
+        );
+
+        let mut log = toml::Table::new();
+        log.insert("level".into(), self.log.level.clone().into());
+        log.insert("format".into(), self.log.format.as_str().into());
+
+        let mut root = toml::Table::new();
+        root.insert("broker".into(), broker.into());
+        root.insert("session".into(), session.into());
+        root.insert("replies".into(), replies.into());
+        root.insert("reconnect".into(), reconnect.into());
+        root.insert("log".into(), log.into());
+        // Serialising a table of strings and integers cannot fail; still, no panic here.
+        toml::to_string(&root)
+            .unwrap_or_else(|e| format!("# the configuration could not be rendered: {e}\n"))
+    }
+}
+
+impl LogFormat {
+    /// The value as written in `log.format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Journald => "journald",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The environment, sorted into what the loader needs from it.
+struct Env {
+    /// `MQTT_RESPONDER__…` overrides for the `config` crate, by variable name.
+    overrides: config::Map<String, String>,
+    /// `MQTT_RESPONDER__REPLIES__<COMMAND>`: (command with its case kept, reply), by name.
+    replies: Vec<(String, String)>,
+    /// Dotted key → the variable that set it, so an error can say where a value came from.
+    origins: HashMap<String, String>,
+    /// systemd's `STATE_DIRECTORY`, the fallback for `session.state_dir`.
+    state_directory: Option<String>,
+}
+
+impl Env {
+    fn split(
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Env, ConfigError> {
+        let mut out = Env {
+            overrides: config::Map::new(),
+            replies: Vec::new(),
+            origins: HashMap::new(),
+            state_directory: None,
+        };
+        for (name, value) in env {
+            let lower = name.to_ascii_lowercase();
+            if name == "STATE_DIRECTORY" {
+                out.state_directory = Some(value);
+            } else if lower.starts_with(REPLIES_ENV_PREFIX) {
+                let command = name[REPLIES_ENV_PREFIX.len()..].to_owned();
+                out.origins.insert(format!("replies.{command}"), name);
+                out.replies.push((command, value));
+            } else if lower == "mqtt_responder__replies" {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    message: format!(
+                        "replies: cannot be set as a whole by environment variable {name}; \
+                         set one reply with MQTT_RESPONDER__REPLIES__<COMMAND>"
+                    ),
+                });
+            } else if let Some(rest) = lower.strip_prefix(ENV_PREFIX) {
+                // The same mapping the `config` crate applies.
+                out.origins.insert(rest.replace("__", "."), name.clone());
+                out.overrides.insert(name, value);
+            }
+        }
+        // The process environment has no order; make the result independent of it.
+        out.replies.sort();
+        Ok(out)
+    }
+}
+
+/// Builds error messages that name the file, the dotted key and, when an environment
+/// variable set the key, that variable.
+struct Check<'a> {
+    file: &'a Path,
+    origins: &'a HashMap<String, String>,
+}
+
+impl Check<'_> {
+    fn error(&self, key: &str, message: String) -> ConfigError {
+        let from = match self.origins.get(key) {
+            Some(name) => format!(" (from environment variable {name})"),
+            None => String::new(),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            message: format!("{message}{from}"),
+        }
+    }
+
+    /// `key = value, expected …`.
+    fn invalid(&self, key: &str, value: impl Display, expected: impl Display) -> ConfigError {
+        self.error(key, format!("{key} = {value}, expected {expected}"))
+    }
+
+    /// `key = value: why` — for a value that is the right kind but still unusable.
+    fn rejected(&self, key: &str, value: impl Display, why: impl Display) -> ConfigError {
+        self.error(key, format!("{key} = {value}: {why}"))
+    }
+
+    /// `key: what is wrong` — when the value is a secret, too long to show, or beside the
+    /// point.
+    fn problem(&self, key: &str, what: impl Display) -> ConfigError {
+        self.error(key, format!("{key}: {what}"))
+    }
+
+    fn int(
+        &self,
+        key: &str,
+        value: i64,
+        range: RangeInclusive<i64>,
+        expected: &str,
+    ) -> Result<i64, ConfigError> {
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(key, value, expected))
+        }
+    }
+
+    /// A whole number of seconds, at least `min`.
+    fn secs(&self, key: &str, value: i64, min: i64) -> Result<Duration, ConfigError> {
+        let unit = if min == 1 { "second" } else { "seconds" };
+        let expected = if value < min {
+            format!("at least {min} {unit}")
+        } else {
+            format!("at most {MAX_U32} seconds")
+        };
+        let value = self.int(key, value, min..=MAX_U32, &expected)?;
+        Ok(Duration::from_secs(value.unsigned_abs()))
+    }
+
+    fn template(
+        &self,
+        key: &str,
+        source: &str,
+        allowed: &[Var],
+        user_id: &str,
+    ) -> Result<Template, ConfigError> {
+        let template =
+            Template::parse(source, allowed).map_err(|e| self.rejected(key, quoted(source), e))?;
+        // `parse` checked the shape with sample values; the real user ID can still make the
+        // topic too long.
+        let vars = Vars {
+            user_id,
+            uuid: SAMPLE_UUID,
+            command: "CMD1",
+        };
+        let rendered = template.render(&vars);
+        validate_topic(&rendered).map_err(|e| {
+            self.rejected(
+                key,
+                quoted(source),
+                format_args!("rendered with session.user_id the topic {e}"),
+            )
+        })?;
+        Ok(template)
+    }
+
+    /// A string the broker receives in CONNECT: MQTT forbids NUL and caps the length.
+    fn mqtt_string(&self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if value.contains('\0') {
+            return Err(self.rejected(key, quoted(value), "must not contain NUL"));
+        }
+        if value.len() > MAX_MQTT_STRING {
+            return Err(self.problem(
+                key,
+                format_args!(
+                    "is {} bytes long, expected at most {MAX_MQTT_STRING}",
+                    value.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A file the daemon will read later (a CA bundle, a client key): it must be readable
+    /// now, so a typo is a config error at start-up and not a TLS failure minutes later.
+    fn readable_file(&self, key: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| self.rejected(key, quoted(path), format_args!("cannot read it: {e}")))?;
+        let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+        if is_dir {
+            return Err(self.rejected(key, quoted(path), "is a directory, expected a file"));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    /// Turns an error of the `config` crate into ours, with the dotted key it concerns.
+    fn config_crate_error(&self, error: config::ConfigError) -> ConfigError {
+        let (key, what) = describe(error, "");
+        if key.is_empty() {
+            self.error("", what)
+        } else {
+            self.problem(&key, what)
+        }
+    }
+}
+
+/// A string as it is shown in messages: quoted, control characters escaped, and cut short
+/// when long (a 64 KiB topic would drown the message).
+fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.chars().count() <= SHOWN {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(SHOWN).collect();
+        format!("{head:?}… ({} bytes)", value.len())
+    }
+}
+
+/// Splits an error of the `config` crate into the dotted key it concerns and what is wrong.
+/// The crate reports unknown keys only through serde's message text, so that is parsed; a
+/// secret's value is never included.
+fn describe(error: config::ConfigError, parent: &str) -> (String, String) {
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => {
+            let key = join(parent, key.as_deref().unwrap_or(""));
+            let expected = if expected.contains("integer") {
+                "an integer"
+            } else {
+                expected
+            };
+            if SECRET_KEYS.contains(&key.as_str()) {
+                (key, format!("wrong type, expected {expected}"))
+            } else {
+                (key, format!("found {unexpected}, expected {expected}"))
+            }
+        }
+        config::ConfigError::At { error, key, .. } => {
+            describe(*error, &join(parent, key.as_deref().unwrap_or("")))
+        }
+        config::ConfigError::Message(message) => {
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split_once('`'));
+            if let Some((field, hint)) = unknown {
+                let hint = hint.trim_start_matches(", ");
+                let what = if hint.is_empty() {
+                    "unknown key".to_owned()
+                } else {
+                    format!("unknown key ({hint})")
+                };
+                (join(parent, field), what)
+            } else if SECRET_KEYS.contains(&parent) {
+                (parent.to_owned(), "invalid value".to_owned())
+            } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+                // serde's wording, made to match ours ("found …, expected …").
+                (parent.to_owned(), format!("found {rest}"))
+            } else {
+                (parent.to_owned(), message)
+            }
+        }
+        config::ConfigError::NotFound(key) => (join(parent, &key), "missing".to_owned()),
+        other => (parent.to_owned(), other.to_string()),
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    match (parent.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (false, true) => parent.to_owned(),
+        (false, false) => format!("{parent}.{key}"),
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    let fail = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| fail("the file is not valid UTF-8".to_owned()))
+}
+
+/// Parses the file ourselves before the `config` crate does: its parse errors quote the
+/// offending line, which may hold the password, and it forgets the order of `[replies]`.
+fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!(" at line {line}, column {column}")
+            }
+            None => String::new(),
+        };
+        ConfigError {
+            file: path.to_path_buf(),
+            message: format!("invalid TOML{at}: {}", e.message().trim_end()),
+        }
+    })
+}
+
+/// The file with the environment layered over it, into the raw schema.
+fn deserialize(
+    check: &Check<'_>,
+    text: &str,
+    overrides: config::Map<String, String>,
+) -> Result<RawConfig, ConfigError> {
+    let env = config::Environment::with_prefix("MQTT_RESPONDER")
+        .separator("__")
+        .source(Some(overrides));
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .and_then(config::Config::try_deserialize::<RawConfig>)
+        .map_err(|e| check.config_crate_error(e))
+}
+
+/// `[replies]` from the parsed file (in file order, keys as written), or the seed table;
+/// then the `MQTT_RESPONDER__REPLIES__<COMMAND>` overrides, replacing or adding entries.
+fn reply_table(
+    check: &Check<'_>,
+    table: Option<&toml::Value>,
+    overrides: &[(String, String)],
+) -> Result<ReplyTable, ConfigError> {
+    let mut pairs = match table {
+        None => ReplyTable::seed().0,
+        Some(toml::Value::Table(table)) => {
+            let mut pairs = Vec::with_capacity(table.len());
+            for (command, reply) in table {
+                match reply {
+                    toml::Value::String(reply) => pairs.push((command.clone(), reply.clone())),
+                    other => {
+                        return Err(check.problem(
+                            &format!("replies.{command}"),
+                            format_args!("found {}, expected a string", other.type_str()),
+                        ));
+                    }
+                }
+            }
+            pairs
+        }
+        Some(other) => {
+            return Err(check.problem(
+                "replies",
+                format_args!(
+                    "found {}, expected a table of COMMAND = \"reply\"",
+                    other.type_str()
+                ),
+            ));
+        }
+    };
+    for (command, reply) in overrides {
+        match pairs.iter_mut().find(|(c, _)| c == command) {
+            Some(pair) => pair.1 = reply.clone(),
+            None => pairs.push((command.clone(), reply.clone())),
+        }
+    }
+    if pairs.is_empty() {
+        return Err(check.problem(
+            "replies",
+            "is empty, expected at least one COMMAND = \"reply\"",
+        ));
+    }
+    for (command, reply) in &pairs {
+        let key = format!("replies.{command}");
+        // The command is rendered into reply topics, so it must be one clean level.
+        validate_level(command).map_err(|e| {
+            check.problem(
+                &key,
+                format_args!(
+                    "the command {} {e} (it becomes part of the reply topic)",
+                    quoted(command)
+                ),
+            )
+        })?;
+        if reply.is_empty() {
+            return Err(check.invalid(&key, "\"\"", "a non-empty reply"));
+        }
+    }
+    Ok(ReplyTable(pairs))
+}
+
+/// The raw schema into validated types. Also returns the password file, if any, for the
+/// permission check.
+fn validate(
+    check: &Check<'_>,
+    raw: RawConfig,
+    replies: ReplyTable,
+    state_directory: Option<&str>,
+) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    let RawConfig {
+        broker: b,
+        session: mut s,
+        reconnect: r,
+        log: l,
+        _replies,
+    } = raw;
+
+    // The user ID comes first: the client id and every topic are built from it.
+    let Some(user_id) = s.user_id.take() else {
+        return Err(check.problem(
+            "session.user_id",
+            "missing, expected the user ID to log in with, e.g. user_id = \"2547841\"",
+        ));
+    };
+    validate_level(&user_id).map_err(|e| check.rejected("session.user_id", quoted(&user_id), e))?;
+
+    let (broker, password_file) = broker(check, b, &user_id)?;
+    let session = session(check, s, user_id, state_directory)?;
+
+    if replies.reply(&session.completion_message).is_some() {
+        return Err(check.problem(
+            "replies",
+            format_args!(
+                "the command {} is also session.completion_message; a message cannot both \
+                 be answered and end the run",
+                quoted(&session.completion_message)
+            ),
+        ));
+    }
+    // A reply published where commands arrive would come back as a command: with
+    // `unknown_command = "reply"` the daemon would feed itself forever.
+    let vars = |command| Vars {
+        user_id: &session.user_id,
+        uuid: SAMPLE_UUID,
+        command,
+    };
+    let command_topic = session.command_topic.render(&vars(""));
+    for (command, _) in &replies.0 {
+        if session.reply_topic.render(&vars(command)) == command_topic {
+            return Err(check.rejected(
+                "session.reply_topic",
+                quoted(session.reply_topic.as_str()),
+                format_args!(
+                    "for command {} it is the same topic as session.command_topic, so the \
+                     daemon would receive its own replies as commands",
+                    quoted(command)
+                ),
+            ));
+        }
+    }
+
+    let initial_delay_ms = check.int(
+        "reconnect.initial_delay_ms",
+        r.initial_delay_ms,
+        1..=MAX_U32,
+        &format!("1..={MAX_U32} milliseconds"),
+    )?;
+    let max_delay = check.secs("reconnect.max_delay_secs", r.max_delay_secs, 1)?;
+    let initial_delay = Duration::from_millis(initial_delay_ms.unsigned_abs());
+    if max_delay < initial_delay {
+        return Err(check.invalid(
+            "reconnect.max_delay_secs",
+            r.max_delay_secs,
+            format_args!(
+                "at least reconnect.initial_delay_ms ({initial_delay_ms} ms), the first backoff"
+            ),
+        ));
+    }
+    let max_attempts = check.int(
+        "reconnect.max_attempts",
+        r.max_attempts,
+        0..=MAX_U32,
+        &format!("0 (retry forever) or a count up to {MAX_U32}"),
+    )?;
+    let reconnect = Reconnect {
+        initial_delay,
+        max_delay,
+        max_attempts: u32::try_from(max_attempts).ok().filter(|&n| n > 0),
+    };
+
+    let level = l.level.to_ascii_lowercase();
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        return Err(check.invalid(
+            "log.level",
+            quoted(&l.level),
+            "one of \"trace\", \"debug\", \"info\", \"warn\", \"error\"",
+        ));
+    }
+    let format = match l.format.as_str() {
+        "auto" => LogFormat::Auto,
+        "journald" => LogFormat::Journald,
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        _ => {
+            return Err(check.invalid(
+                "log.format",
+                quoted(&l.format),
+                "one of \"auto\", \"journald\", \"text\", \"json\"",
+            ));
+        }
+    };
+
+    let config = Config {
+        source: check.file.to_path_buf(),
+        broker,
+        session,
+        replies,
+        reconnect,
+        log: Log { level, format },
+    };
+    Ok((config, password_file))
+}
+
+fn broker(
+    check: &Check<'_>,
+    b: RawBroker,
+    user_id: &str,
+) -> Result<(Broker, Option<PathBuf>), ConfigError> {
+    let host = b.host.trim();
+    if host.is_empty() {
+        return Err(check.invalid("broker.host", quoted(&b.host), "a host name or address"));
+    }
+
+    // TLS first: it decides the default port.
+    let tls = b.tls.map(|t| tls(check, t)).transpose()?;
+    let port = match b.port {
+        Some(port) => check.int("broker.port", port, 1..=65535, "1..=65535")?,
+        None if tls.is_some() => 8883,
+        None => 1883,
+    };
+
+    let protocol = match b.protocol.as_str() {
+        "3.1.1" => Protocol::V311,
+        "5" => Protocol::V5,
+        _ => {
+            return Err(check.invalid(
+                "broker.protocol",
+                quoted(&b.protocol),
+                "\"3.1.1\" or \"5\" (protocol levels such as \"3\" or \"4\" are not accepted)",
+            ));
+        }
+    };
+
+    let client_id = if b.client_id.is_empty() {
+        format!("mqtt-responder-{user_id}")
+    } else {
+        b.client_id
+    };
+    check.mqtt_string("broker.client_id", &client_id)?;
+
+    let username = Some(b.username).filter(|u| !u.is_empty());
+    if let Some(username) = &username {
+        check.mqtt_string("broker.username", username)?;
+    }
+
+    let (password, password_file) = match (b.password.is_empty(), b.password_file.is_empty()) {
+        (false, false) => {
+            return Err(check.problem(
+                "broker.password",
+                "broker.password and broker.password_file are both set; set only one",
+            ));
+        }
+        (false, true) => (Some(b.password), None),
+        (true, false) => {
+            let password = read_password_file(check, &b.password_file)?;
+            (Some(password), Some(PathBuf::from(b.password_file)))
+        }
+        (true, true) => (None, None),
+    };
+    if let Some(password) = &password {
+        // MQTT carries the password as binary data; only its length is limited.
+        if password.len() > MAX_MQTT_STRING {
+            return Err(check.problem(
+                "broker.password",
+                format_args!("too long, expected at most {MAX_MQTT_STRING} bytes"),
+            ));
+        }
+    }
+
+    let keep_alive = b.keep_alive_secs;
+    if !(5..=65535).contains(&keep_alive) {
+        return Err(check.invalid(
+            "broker.keep_alive_secs",
+            keep_alive,
+            "5..=65535 seconds (common MQTT 5 clients refuse less than 5, and 0 would turn off the \
+             keep-alive the daemon relies on to notice a dead connection)",
+        ));
+    }
+    let connect_timeout = check.secs("broker.connect_timeout_secs", b.connect_timeout_secs, 1)?;
+    let max_inflight = check.int(
+        "broker.max_inflight",
+        b.max_inflight,
+        1..=65535,
+        "1..=65535",
+    )?;
+
+    let broker = Broker {
+        host: host.to_owned(),
+        port: u16::try_from(port).unwrap_or(u16::MAX),
+        protocol,
+        client_id,
+        username,
+        password: password.map(Secret::new),
+        keep_alive: Duration::from_secs(keep_alive.unsigned_abs()),
+        connect_timeout,
+        max_inflight: u16::try_from(max_inflight).unwrap_or(u16::MAX),
+        tls,
+    };
+    Ok((broker, password_file))
+}
+
+/// Reads `broker.password_file`, dropping the one trailing newline an editor or `echo` adds.
+fn read_password_file(check: &Check<'_>, path: &str) -> Result<String, ConfigError> {
+    let key = "broker.password_file";
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| check.rejected(key, quoted(path), format_args!("cannot read it: {e}")))?;
+    let password = content
+        .strip_suffix("\r\n")
+        .or_else(|| content.strip_suffix('\n'))
+        .unwrap_or(&content);
+    if password.is_empty() {
+        return Err(check.rejected(
+            key,
+            quoted(path),
+            "the file is empty, expected the password",
+        ));
+    }
+    Ok(password.to_owned())
+}
+
+fn tls(check: &Check<'_>, t: RawTls) -> Result<Tls, ConfigError> {
+    let client_auth = match (t.client_cert_file.is_empty(), t.client_key_file.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(ClientAuth {
+            cert_file: check.readable_file("broker.tls.client_cert_file", &t.client_cert_file)?,
+            key_file: check.readable_file("broker.tls.client_key_file", &t.client_key_file)?,
+        }),
+        (false, true) => {
+            return Err(check.problem(
+                "broker.tls.client_key_file",
+                "missing, but broker.tls.client_cert_file is set; mutual TLS needs both or \
+                 neither",
+            ));
+        }
+        (true, false) => {
+            return Err(check.problem(
+                "broker.tls.client_cert_file",
+                "missing, but broker.tls.client_key_file is set; mutual TLS needs both or \
+                 neither",
+            ));
+        }
+    };
+    let ca_file = if t.ca_file.is_empty() {
+        None
+    } else {
+        Some(check.readable_file("broker.tls.ca_file", &t.ca_file)?)
+    };
+    Ok(Tls {
+        ca_file,
+        client_auth,
+    })
+}
+
+fn session(
+    check: &Check<'_>,
+    s: RawSession,
+    user_id: String,
+    state_directory: Option<&str>,
+) -> Result<Session, ConfigError> {
+    use Var::{Command, UserId, Uuid};
+    let login_topic = check.template("session.login_topic", &s.login_topic, &[UserId], &user_id)?;
+    let uuid_topic = check.template("session.uuid_topic", &s.uuid_topic, &[UserId], &user_id)?;
+    let command_topic = check.template(
+        "session.command_topic",
+        &s.command_topic,
+        &[UserId, Uuid],
+        &user_id,
+    )?;
+    let reply_topic = check.template(
+        "session.reply_topic",
+        &s.reply_topic,
+        &[UserId, Uuid, Command],
+        &user_id,
+    )?;
+    let status_topic = if s.status_topic.is_empty() {
+        None
+    } else {
+        Some(check.template("session.status_topic", &s.status_topic, &[UserId], &user_id)?)
+    };
+
+    let qos = check.int("session.qos", s.qos, 0..=2, "0, 1 or 2")?;
+    let qos = u8::try_from(qos)
+        .ok()
+        .and_then(|q| QoS::try_from(q).ok())
+        .unwrap_or(QoS::ExactlyOnce);
+
+    let max_payload_bytes = check.int(
+        "session.max_payload_bytes",
+        s.max_payload_bytes,
+        1..=MAX_PACKET_BYTES,
+        &format!("1..={MAX_PACKET_BYTES} (the largest MQTT packet)"),
+    )?;
+    let max_payload_bytes = usize::try_from(max_payload_bytes).unwrap_or(usize::MAX);
+
+    if s.completion_message.is_empty() {
+        return Err(check.invalid("session.completion_message", "\"\"", "a non-empty message"));
+    }
+    if s.completion_message.len() > max_payload_bytes {
+        return Err(check.problem(
+            "session.completion_message",
+            format_args!(
+                "is {} bytes, longer than session.max_payload_bytes = {max_payload_bytes}, so \
+                 it would be dropped and the run would never end",
+                s.completion_message.len()
+            ),
+        ));
+    }
+
+    let unknown_command = match s.unknown_command.as_str() {
+        "ignore" => UnknownCommand::Ignore,
+        "reply" if s.unknown_reply.is_empty() => {
+            return Err(check.invalid(
+                "session.unknown_reply",
+                "\"\"",
+                "a non-empty payload when session.unknown_command = \"reply\"",
+            ));
+        }
+        "reply" => UnknownCommand::Reply(s.unknown_reply),
+        _ => {
+            return Err(check.invalid(
+                "session.unknown_command",
+                quoted(&s.unknown_command),
+                "\"ignore\" or \"reply\"",
+            ));
+        }
+    };
+
+    // systemd's StateDirectory= may list several directories separated by colons; the
+    // first is ours.
+    let state_dir = if s.state_dir.is_empty() {
+        state_directory
+            .and_then(|dirs| dirs.split(':').find(|d| !d.is_empty()))
+            .map(PathBuf::from)
+    } else {
+        Some(PathBuf::from(s.state_dir))
+    };
+
+    Ok(Session {
+        login_topic,
+        uuid_topic,
+        command_topic,
+        reply_topic,
+        completion_message: s.completion_message,
+        qos,
+        login_timeout: check.secs("session.login_timeout_secs", s.login_timeout_secs, 1)?,
+        drain_timeout: check.secs("session.drain_timeout_secs", s.drain_timeout_secs, 0)?,
+        max_payload_bytes,
+        unknown_command,
+        status_topic,
+        status_interval: check.secs("session.status_interval_secs", s.status_interval_secs, 1)?,
+        state_dir,
+        user_id,
+    })
+}
+
+/// Warnings for passwords that other local users can read: the configuration file when it
+/// holds `broker.password` itself, and the `password_file`.
+fn permission_warnings(
+    path: &Path,
+    document: &toml::Table,
+    password_file: Option<&Path>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let file_has_password = document
+        .get("broker")
+        .and_then(|b| b.get("password"))
+        .and_then(toml::Value::as_str)
+        .is_some_and(|p| !p.is_empty());
+    if file_has_password {
+        if let Some(mode) = readable_by_others(path) {
+            warnings.push(format!(
+                "{} holds broker.password and is readable by other users (mode {mode:04o}); \
+                 chmod 600 it",
+                path.display()
+            ));
+        }
+    }
+    if let Some(file) = password_file {
+        if let Some(mode) = readable_by_others(file) {
+            warnings.push(format!(
+                "{} (broker.password_file) is readable by other users (mode {mode:04o}); \
+                 chmod 600 it",
+                file.display()
+            ));
+        }
+    }
+    warnings
+}
+
+/// The permission bits of `path` when "others" may read it.
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &Path) -> Option<u32> {
+    None
+}
+
+// The raw schema: what serde reads from file + environment, before validation. Numbers are
+// `i64` so that a negative or oversized value gets our message naming the key and the
+// range, not a conversion error; defaults are SPEC §3's.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawConfig {
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    session: RawSession,
+    /// Read from the file directly (`reply_table`): the `config` crate forgets the order.
+    #[serde(default, rename = "replies")]
+    _replies: Option<IgnoredAny>,
+    #[serde(default)]
+    reconnect: RawReconnect,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawBroker {
+    #[serde(default = "default_host")]
+    host: String,
+    /// `None`: 1883, or 8883 with TLS.
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    password_file: String,
+    #[serde(default = "default_keep_alive_secs")]
+    keep_alive_secs: i64,
+    #[serde(default = "default_connect_timeout_secs")]
+    connect_timeout_secs: i64,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: i64,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawTls {
+    #[serde(default)]
+    ca_file: String,
+    #[serde(default)]
+    client_cert_file: String,
+    #[serde(default)]
+    client_key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawSession {
+    /// Required; `None` is reported by `validate`, with an example.
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default = "default_login_topic")]
+    login_topic: String,
+    #[serde(default = "default_uuid_topic")]
+    uuid_topic: String,
+    #[serde(default = "default_command_topic")]
+    command_topic: String,
+    #[serde(default = "default_reply_topic")]
+    reply_topic: String,
+    #[serde(default = "default_completion_message")]
+    completion_message: String,
+    #[serde(default = "default_qos")]
+    qos: i64,
+    #[serde(default = "default_login_timeout_secs")]
+    login_timeout_secs: i64,
+    #[serde(default = "default_drain_timeout_secs")]
+    drain_timeout_secs: i64,
+    #[serde(default = "default_max_payload_bytes")]
+    max_payload_bytes: i64,
+    #[serde(default = "default_unknown_command")]
+    unknown_command: String,
+    #[serde(default = "default_unknown_reply")]
+    unknown_reply: String,
+    #[serde(default = "default_status_topic")]
+    status_topic: String,
+    #[serde(default = "default_status_interval_secs")]
+    status_interval_secs: i64,
+    #[serde(default)]
+    state_dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawReconnect {
+    #[serde(default = "default_initial_delay_ms")]
+    initial_delay_ms: i64,
+    #[serde(default = "default_max_delay_secs")]
+    max_delay_secs: i64,
+    #[serde(default)]
+    max_attempts: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLog {
+    #[serde(default = "default_log_level")]
+    level: String,
+    #[serde(default = "default_log_format")]
+    format: String,
+}
+
+// A missing section means all its defaults: `Default` goes through the same named defaults.
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        RawBroker {
+            host: default_host(),
+            port: None,
+            protocol: default_protocol(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: String::new(),
+            keep_alive_secs: default_keep_alive_secs(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+            max_inflight: default_max_inflight(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            user_id: None,
+            login_topic: default_login_topic(),
+            uuid_topic: default_uuid_topic(),
+            command_topic: default_command_topic(),
+            reply_topic: default_reply_topic(),
+            completion_message: default_completion_message(),
+            qos: default_qos(),
+            login_timeout_secs: default_login_timeout_secs(),
+            drain_timeout_secs: default_drain_timeout_secs(),
+            max_payload_bytes: default_max_payload_bytes(),
+            unknown_command: default_unknown_command(),
+            unknown_reply: default_unknown_reply(),
+            status_topic: default_status_topic(),
+            status_interval_secs: default_status_interval_secs(),
+            state_dir: String::new(),
+        }
+    }
+}
+
+impl Default for RawReconnect {
+    fn default() -> Self {
+        RawReconnect {
+            initial_delay_ms: default_initial_delay_ms(),
+            max_delay_secs: default_max_delay_secs(),
+            max_attempts: 0,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_host() -> String {
+    "localhost".to_owned()
+}
+fn default_protocol() -> String {
+    "3.1.1".to_owned()
+}
+fn default_keep_alive_secs() -> i64 {
+    30
+}
+fn default_connect_timeout_secs() -> i64 {
+    10
+}
+/// mosquitto's default `max_inflight_messages`.
+fn default_max_inflight() -> i64 {
+    20
+}
+fn default_login_topic() -> String {
+    "login".to_owned()
+}
+fn default_uuid_topic() -> String {
+    "{user_id}/UUID".to_owned()
+}
+fn default_command_topic() -> String {
+    "{uuid}".to_owned()
+}
+fn default_reply_topic() -> String {
+    "{uuid}/{command}".to_owned()
+}
+fn default_completion_message() -> String {
+    "Well done my IoT!".to_owned()
+}
+fn default_qos() -> i64 {
+    2
+}
+fn default_login_timeout_secs() -> i64 {
+    30
+}
+fn default_drain_timeout_secs() -> i64 {
+    5
+}
+fn default_max_payload_bytes() -> i64 {
+    65536
+}
+fn default_unknown_command() -> String {
+    "ignore".to_owned()
+}
+fn default_unknown_reply() -> String {
+    "UNKNOWN".to_owned()
+}
+fn default_status_topic() -> String {
+    "{user_id}/status".to_owned()
+}
+fn default_status_interval_secs() -> i64 {
+    60
+}
+fn default_initial_delay_ms() -> i64 {
+    500
+}
+fn default_max_delay_secs() -> i64 {
+    60
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_log_format() -> String {
+    "auto".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
+
+    const USER: &str = "session.user_id = \"2547841\"\n";
+    const SECRET: &str = "s3cr3t-Pa55w0rd";
+
+    /// A config file with `content` in a fresh directory, mode 0600.
+    fn file(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        (dir, path)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_env(content: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let (_dir, path) = file(content);
+        load_with_env(&path, env(vars)).map(|(config, _)| config)
+    }
+
+    fn ok(content: &str) -> Config {
+        match load_env(content, &[]) {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The error for `content` + `vars`, checked to name the file, without its prefix.
+    fn err_env(content: &str, vars: &[(&str, &str)]) -> String {
+        let (_dir, path) = file(content);
+        let e = match load_with_env(&path, env(vars)) {
+            Ok(_) => panic!("loaded, expected an error:\n{content}"),
+            Err(e) => e,
+        };
+        assert_eq!(e.file, path);
+        let shown = e.to_string();
+        let prefix = format!("config error in {}: ", path.display());
+        assert!(shown.starts_with(&prefix), "{shown}");
+        assert_eq!(shown[prefix.len()..], e.message);
+        e.message
+    }
+
+    fn err(content: &str) -> String {
+        err_env(content, &[])
+    }
+
+    /// Every case: a TOML snippet (dotted keys, so no headers are needed) and text the error
+    /// must contain — always the dotted key, and the value where it is not a secret.
+    #[test]
+    fn invalid_values_name_key_value_and_expectation() {
+        let long_topic = format!("session.login_topic = \"{}{{user_id}}\"", "x".repeat(65530));
+        let long_client = format!("broker.client_id = \"{}\"", "x".repeat(65536));
+        let cases: &[(&str, &str)] = &[
+            (
+                "session.user_id = \"a/b\"",
+                "session.user_id = \"a/b\": must be a single topic level",
+            ),
+            (
+                "session.user_id = \"\"",
+                "session.user_id = \"\": must not be empty",
+            ),
+            (
+                "session.user_id = \"a+\"",
+                "session.user_id = \"a+\": must not contain '+'",
+            ),
+            (
+                "session.login_topic = \"{uuid}\"",
+                "session.login_topic = \"{uuid}\": unknown placeholder {uuid} (allowed here: {user_id})",
+            ),
+            (
+                "session.login_topic = \"a/#\"",
+                "session.login_topic = \"a/#\": must not contain",
+            ),
+            (
+                "session.uuid_topic = \"{command}/x\"",
+                "session.uuid_topic = \"{command}/x\": unknown placeholder {command}",
+            ),
+            (
+                "session.command_topic = \"{command}\"",
+                "session.command_topic = \"{command}\": unknown placeholder {command} (allowed here: {user_id}, {uuid})",
+            ),
+            (
+                "session.reply_topic = \"{uuid}/{nope}\"",
+                "session.reply_topic = \"{uuid}/{nope}\": unknown placeholder {nope}",
+            ),
+            (
+                "session.reply_topic = \"{uuid\"",
+                "session.reply_topic = \"{uuid\": unbalanced",
+            ),
+            (
+                "session.status_topic = \"{uuid}\"",
+                "session.status_topic = \"{uuid}\": unknown placeholder {uuid}",
+            ),
+            (
+                &long_topic,
+                "session.login_topic = \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"… (65539 bytes): rendered with session.user_id the topic must be at most 65535 bytes",
+            ),
+            ("session.qos = 3", "session.qos = 3, expected 0, 1 or 2"),
+            ("session.qos = -1", "session.qos = -1, expected 0, 1 or 2"),
+            (
+                "session.login_timeout_secs = 0",
+                "session.login_timeout_secs = 0, expected at least 1 second",
+            ),
+            (
+                "session.drain_timeout_secs = -1",
+                "session.drain_timeout_secs = -1, expected at least 0 seconds",
+            ),
+            (
+                "session.status_interval_secs = 0",
+                "session.status_interval_secs = 0, expected at least 1",
+            ),
+            (
+                "session.status_interval_secs = 4294967296",
+                "session.status_interval_secs = 4294967296, expected at most 4294967295",
+            ),
+            (
+                "session.max_payload_bytes = 0",
+                "session.max_payload_bytes = 0, expected 1..=268435455",
+            ),
+            (
+                "session.max_payload_bytes = 268435456",
+                "session.max_payload_bytes = 268435456, expected 1..=268435455",
+            ),
+            (
+                "session.unknown_command = \"maybe\"",
+                "session.unknown_command = \"maybe\", expected \"ignore\" or \"reply\"",
+            ),
+            (
+                "session.unknown_command = \"reply\"\nsession.unknown_reply = \"\"",
+                "session.unknown_reply = \"\", expected a non-empty payload",
+            ),
+            (
+                "session.completion_message = \"\"",
+                "session.completion_message = \"\", expected a non-empty message",
+            ),
+            (
+                "session.max_payload_bytes = 4",
+                "session.completion_message: is 17 bytes, longer than session.max_payload_bytes = 4",
+            ),
+            (
+                "session.reply_topic = \"{uuid}\"",
+                "session.reply_topic = \"{uuid}\": for command \"CMD1\" it is the same topic as session.command_topic",
+            ),
+            (
+                "broker.host = \"\"",
+                "broker.host = \"\", expected a host name or address",
+            ),
+            (
+                "broker.host = \"  \"",
+                "broker.host = \"  \", expected a host name",
+            ),
+            ("broker.port = 0", "broker.port = 0, expected 1..=65535"),
+            (
+                "broker.port = 65536",
+                "broker.port = 65536, expected 1..=65535",
+            ),
+            ("broker.port = -1", "broker.port = -1, expected 1..=65535"),
+            (
+                "broker.protocol = \"4\"",
+                "broker.protocol = \"4\", expected \"3.1.1\" or \"5\"",
+            ),
+            (
+                "broker.protocol = \"3\"",
+                "broker.protocol = \"3\", expected \"3.1.1\" or \"5\" (protocol levels such as \"3\" or \"4\" are not accepted)",
+            ),
+            (
+                "broker.client_id = \"a\\u0000b\"",
+                "broker.client_id = \"a\\0b\": must not contain NUL",
+            ),
+            (
+                &long_client,
+                "broker.client_id: is 65536 bytes long, expected at most 65535",
+            ),
+            (
+                "broker.username = \"a\\u0000\"",
+                "broker.username = \"a\\0\": must not contain NUL",
+            ),
+            (
+                "broker.keep_alive_secs = 4",
+                "broker.keep_alive_secs = 4, expected 5..=65535 seconds (common MQTT 5 clients refuse less than 5",
+            ),
+            (
+                "broker.keep_alive_secs = 0",
+                "broker.keep_alive_secs = 0, expected 5..=65535",
+            ),
+            (
+                "broker.keep_alive_secs = 65536",
+                "broker.keep_alive_secs = 65536, expected 5..=65535",
+            ),
+            (
+                "broker.connect_timeout_secs = 0",
+                "broker.connect_timeout_secs = 0, expected at least 1 second",
+            ),
+            (
+                "broker.max_inflight = 0",
+                "broker.max_inflight = 0, expected 1..=65535",
+            ),
+            (
+                "broker.max_inflight = 65536",
+                "broker.max_inflight = 65536, expected 1..=65535",
+            ),
+            (
+                "broker.password_file = \"/nonexistent/pw\"",
+                "broker.password_file = \"/nonexistent/pw\": cannot read it: No such file",
+            ),
+            (
+                "broker.tls.ca_file = \"/nonexistent/ca.pem\"",
+                "broker.tls.ca_file = \"/nonexistent/ca.pem\": cannot read it",
+            ),
+            (
+                "broker.tls.ca_file = \"/\"",
+                "broker.tls.ca_file = \"/\": is a directory",
+            ),
+            (
+                "broker.tls.client_cert_file = \"/etc/hostname\"",
+                "broker.tls.client_key_file: missing, but broker.tls.client_cert_file is set",
+            ),
+            (
+                "broker.tls.client_key_file = \"/etc/hostname\"",
+                "broker.tls.client_cert_file: missing, but broker.tls.client_key_file is set",
+            ),
+            (
+                "broker.tls.client_cert_file = \"/nonexistent/c\"\nbroker.tls.client_key_file = \"/nonexistent/k\"",
+                "broker.tls.client_cert_file = \"/nonexistent/c\": cannot read it",
+            ),
+            ("replies = {}", "replies: is empty, expected at least one"),
+            (
+                "replies = \"CMD1\"",
+                "replies: found string, expected a table",
+            ),
+            (
+                "replies.\"a/b\" = \"x\"",
+                "replies.a/b: the command \"a/b\" must be a single topic level",
+            ),
+            (
+                "replies.\"#\" = \"x\"",
+                "replies.#: the command \"#\" must not contain",
+            ),
+            (
+                "replies.CMD1 = \"\"",
+                "replies.CMD1 = \"\", expected a non-empty reply",
+            ),
+            (
+                "replies.CMD1 = 5",
+                "replies.CMD1: found integer, expected a string",
+            ),
+            (
+                "replies.\"Well done my IoT!\" = \"x\"",
+                "replies: the command \"Well done my IoT!\" is also session.completion_message",
+            ),
+            (
+                "reconnect.initial_delay_ms = 0",
+                "reconnect.initial_delay_ms = 0, expected 1..=4294967295 milliseconds",
+            ),
+            (
+                "reconnect.max_delay_secs = 0",
+                "reconnect.max_delay_secs = 0, expected at least 1 second",
+            ),
+            (
+                "reconnect.initial_delay_ms = 5000\nreconnect.max_delay_secs = 4",
+                "reconnect.max_delay_secs = 4, expected at least reconnect.initial_delay_ms (5000 ms)",
+            ),
+            (
+                "reconnect.max_attempts = -1",
+                "reconnect.max_attempts = -1, expected 0 (retry forever) or a count",
+            ),
+            (
+                "log.level = \"verbose\"",
+                "log.level = \"verbose\", expected one of \"trace\", \"debug\", \"info\", \"warn\", \"error\"",
+            ),
+            (
+                "log.format = \"xml\"",
+                "log.format = \"xml\", expected one of \"auto\", \"journald\", \"text\", \"json\"",
+            ),
+        ];
+        for (snippet, expected) in cases {
+            let user = if snippet.starts_with("session.user_id") {
+                ""
+            } else {
+                USER
+            };
+            let message = err(&format!("{user}{snippet}\n"));
+            assert!(
+                message.contains(expected),
+                "for {snippet:?}\n  got: {message}\n want: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_message_of_the_spec() {
+        let (_dir, path) = file(&format!("{USER}session.qos = 3\n"));
+        let e = load_with_env(&path, Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config error in {}: session.qos = 3, expected 0, 1 or 2",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn user_id_is_required() {
+        for content in ["", "[session]\n", "[broker]\nhost = \"h\"\n"] {
+            let message = err(content);
+            assert!(message.starts_with("session.user_id: missing"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_renders_too_long_with_the_user_id_is_rejected() {
+        // Valid with parse's one-byte sample user ID, too long with the real one.
+        let content = format!(
+            "session.user_id = \"abcdefghij\"\nsession.login_topic = \"{}{{user_id}}\"\n",
+            "x".repeat(65530)
+        );
+        let message = err(&content);
+        assert!(
+            message.starts_with("session.login_topic = "),
+            "{}",
+            &message[..40]
+        );
+        assert!(
+            message
+                .ends_with("rendered with session.user_id the topic must be at most 65535 bytes"),
+            "{}",
+            &message[message.len() - 80..]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_every_section() {
+        let cases = [
+            ("broker.hots = \"x\"", "broker.hots: unknown key"),
+            ("broker.tls.ca = \"x\"", "broker.tls.ca: unknown key"),
+            ("session.qso = 1", "session.qso: unknown key"),
+            ("reconnect.retries = 1", "reconnect.retries: unknown key"),
+            ("log.colour = \"x\"", "log.colour: unknown key"),
+            ("verbose = true", "verbose: unknown key"),
+            ("[brokers]\nhost = \"x\"", "brokers: unknown key"),
+        ];
+        for (snippet, expected) in cases {
+            let message = err(&format!("{USER}{snippet}\n"));
+            assert!(message.starts_with(expected), "{snippet}: {message}");
+        }
+        // The list of valid keys helps with the typo.
+        let message = err(&format!("{USER}broker.hots = \"x\"\n"));
+        assert!(message.contains("`host`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let cases = [
+            (
+                "session.qos = \"two\"",
+                "session.qos: found string \"two\", expected an integer",
+            ),
+            (
+                "broker.port = \"eighty\"",
+                "broker.port: found string \"eighty\", expected an integer",
+            ),
+            (
+                "reconnect.max_attempts = [1]",
+                "reconnect.max_attempts: found sequence",
+            ),
+            ("broker.host = { a = 1 }", "broker.host: found map"),
+            ("broker = 5", "broker: found integer `5`, expected a table"),
+            (
+                "broker.tls = \"yes\"",
+                "broker.tls: found string \"yes\", expected a table",
+            ),
+        ];
+        for (snippet, expected) in cases {
+            let message = err(&format!("{USER}{snippet}\n"));
+            assert!(message.starts_with(expected), "{snippet}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let e = load_with_env(&path, Vec::new()).unwrap_err();
+        assert_eq!(e.file, path);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config error in {}: cannot read the file: No such file",
+                path.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_gives_the_position() {
+        let message = err(&format!("{USER}[broker\nhost = 1\n"));
+        assert!(
+            message.starts_with("invalid TOML at line 2, column"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_numbers_strings_and_the_password() {
+        let (_dir, path) = file(USER);
+        let vars = env(&[
+            ("MQTT_RESPONDER__SESSION__QOS", "1"),
+            ("MQTT_RESPONDER__BROKER__HOST", "broker.example.org"),
+            ("MQTT_RESPONDER__BROKER__PASSWORD", SECRET),
+            ("MQTT_RESPONDER__BROKER__CLIENT_ID", "pi-7"),
+            ("MQTT_RESPONDER__RECONNECT__MAX_ATTEMPTS", "3"),
+            // Not ours: ignored.
+            ("MQTT_RESPONDER_CONFIG", "/elsewhere.toml"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let (config, warnings) = load_with_env(&path, vars).unwrap();
+        assert_eq!(config.session.qos, QoS::AtLeastOnce);
+        assert_eq!(config.broker.host, "broker.example.org");
+        assert_eq!(config.broker.client_id, "pi-7");
+        assert_eq!(config.reconnect.max_attempts, Some(3));
+        assert_eq!(config.broker.password, Some(Secret::new(SECRET.into())));
+        // The password is in the environment, not in the file: nothing to warn about.
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let content = format!("{USER}session.qos = 0\nbroker.port = 1000\n");
+        let config = load_env(&content, &[("MQTT_RESPONDER__SESSION__QOS", "2")]).unwrap();
+        assert_eq!(config.session.qos, QoS::ExactlyOnce);
+        assert_eq!(config.broker.port, 1000);
+        // user_id from the environment alone is enough.
+        let config = load_env("", &[("MQTT_RESPONDER__SESSION__USER_ID", "42")]).unwrap();
+        assert_eq!(config.session.user_id, "42");
+        assert_eq!(config.broker.client_id, "mqtt-responder-42");
+    }
+
+    #[test]
+    fn environment_can_switch_on_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca_str = ca.to_str().unwrap();
+        let config = load_env(USER, &[("MQTT_RESPONDER__BROKER__TLS__CA_FILE", ca_str)]).unwrap();
+        let tls = config.broker.tls.expect("tls switched on");
+        assert_eq!(tls.ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(config.broker.port, 8883);
+    }
+
+    #[test]
+    fn errors_in_environment_values_name_the_variable() {
+        let message = err_env(USER, &[("MQTT_RESPONDER__SESSION__QOS", "7")]);
+        assert_eq!(
+            message,
+            "session.qos = 7, expected 0, 1 or 2 (from environment variable \
+             MQTT_RESPONDER__SESSION__QOS)"
+        );
+        let message = err_env(USER, &[("MQTT_RESPONDER__SESSION__QOS", "high")]);
+        assert!(
+            message.starts_with("session.qos: found string \"high\""),
+            "{message}"
+        );
+        assert!(message.ends_with("(from environment variable MQTT_RESPONDER__SESSION__QOS)"));
+        let message = err_env(USER, &[("MQTT_RESPONDER__BROKER__HOTS", "x")]);
+        assert!(message.starts_with("broker.hots: unknown key"), "{message}");
+        assert!(message.ends_with("(from environment variable MQTT_RESPONDER__BROKER__HOTS)"));
+        let message = err_env(USER, &[("MQTT_RESPONDER__REPLIES", "x")]);
+        assert!(
+            message.starts_with("replies: cannot be set as a whole"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_replies_keeping_the_case() {
+        let vars = [
+            ("MQTT_RESPONDER__REPLIES__CMD2", "Mouse"),
+            ("MQTT_RESPONDER__REPLIES__Cmd8", "Pen"),
+        ];
+        let config = load_env(USER, &vars).unwrap();
+        let mut expected = ReplyTable::seed().0;
+        expected[1].1 = "Mouse".into();
+        expected.push(("Cmd8".into(), "Pen".into()));
+        assert_eq!(config.replies.0, expected);
+        let message = err_env(USER, &[("MQTT_RESPONDER__REPLIES__CMD1", "")]);
+        assert_eq!(
+            message,
+            "replies.CMD1 = \"\", expected a non-empty reply (from environment variable \
+             MQTT_RESPONDER__REPLIES__CMD1)"
+        );
+    }
+
+    #[test]
+    fn state_dir_falls_back_to_systemd_state_directory() {
+        let config = load_env(USER, &[]).unwrap();
+        assert_eq!(config.session.state_dir, None);
+        let vars = [("STATE_DIRECTORY", "/var/lib/mqtt-responder:/var/lib/other")];
+        let config = load_env(USER, &vars).unwrap();
+        assert_eq!(
+            config.session.state_dir.as_deref(),
+            Some(Path::new("/var/lib/mqtt-responder"))
+        );
+        let content = format!("{USER}session.state_dir = \"/srv/state\"\n");
+        let config = load_env(&content, &vars).unwrap();
+        assert_eq!(
+            config.session.state_dir.as_deref(),
+            Some(Path::new("/srv/state"))
+        );
+    }
+
+    fn with_password_file(content: &[u8]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, content).unwrap();
+        std::fs::set_permissions(&pw, Permissions::from_mode(0o600)).unwrap();
+        let toml = format!("{USER}broker.password_file = {:?}\n", pw.to_str().unwrap());
+        load_env(&toml, &[])
+    }
+
+    #[test]
+    fn password_file_strips_one_trailing_newline() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"hunter2\n", "hunter2"),
+            (b"hunter2\r\n", "hunter2"),
+            (b"hunter2", "hunter2"),
+            (b"hunter2\n\n", "hunter2\n"),
+            (b" hunter2 ", " hunter2 "),
+        ];
+        for (content, expected) in cases {
+            let config = with_password_file(content).unwrap();
+            let password = config.broker.password.expect("a password");
+            assert_eq!(password.expose(), expected, "{content:?}");
+        }
+        let e = with_password_file(b"\n").unwrap_err();
+        assert!(e.message.contains("the file is empty"), "{e}");
+    }
+
+    #[test]
+    fn password_and_password_file_are_exclusive() {
+        let content = format!(
+            "{USER}broker.password = \"{SECRET}\"\nbroker.password_file = \"/etc/hostname\"\n"
+        );
+        let message = err(&content);
+        assert!(
+            message.contains("broker.password and broker.password_file"),
+            "{message}"
+        );
+        assert!(!message.contains(SECRET));
+        // Also when one of them comes from the environment.
+        let content = format!("{USER}broker.password_file = \"/etc/hostname\"\n");
+        let message = err_env(&content, &[("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]);
+        assert!(message.contains("are both set"), "{message}");
+        assert!(!message.contains(SECRET));
+    }
+
+    #[test]
+    fn empty_credentials_mean_none() {
+        let content = format!("{USER}broker.username = \"\"\nbroker.password = \"\"\n");
+        let config = ok(&content);
+        assert_eq!(config.broker.username, None);
+        assert_eq!(config.broker.password, None);
+        let config = ok(&format!("{USER}broker.username = \"pi\"\n"));
+        assert_eq!(config.broker.username.as_deref(), Some("pi"));
+    }
+
+    #[test]
+    fn passwords_readable_by_others_draw_a_warning() {
+        let content = format!("{USER}broker.password = \"{SECRET}\"\n");
+        let (_dir, path) = file(&content);
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{} holds broker.password and is readable by other users (mode 0644); \
+                 chmod 600 it",
+                path.display()
+            )]
+        );
+        assert!(!warnings[0].contains(SECRET));
+
+        // Without a password in it, a readable config file is fine.
+        let (_dir2, plain) = file(USER);
+        std::fs::set_permissions(&plain, Permissions::from_mode(0o644)).unwrap();
+        let (_, warnings) = load_with_env(&plain, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // The password file itself.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, SECRET).unwrap();
+        std::fs::set_permissions(&pw, Permissions::from_mode(0o604)).unwrap();
+        let (_dir3, path) = file(&format!("{USER}broker.password_file = {pw:?}\n"));
+        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{} (broker.password_file) is readable by other users (mode 0604); chmod 600 it",
+                pw.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, format!("{SECRET}\n")).unwrap();
+        let from_file = format!("{USER}broker.password = \"{SECRET}\"\n");
+        let from_password_file = format!("{USER}broker.password_file = {pw:?}\n");
+        for (content, vars) in [
+            (from_file.as_str(), vec![]),
+            (from_password_file.as_str(), vec![]),
+            (USER, vec![("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]),
+        ] {
+            let config = load_env(content, &vars).unwrap();
+            assert_eq!(config.broker.password.as_ref().unwrap().expose(), SECRET);
+            let shown = config.to_redacted_toml();
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("password = \"<redacted>\""), "{shown}");
+            assert!(!format!("{config:?}").contains(SECRET));
+        }
+
+        // Errors: a bad value elsewhere, a wrong type for the password itself, a syntax
+        // error on the password's line.
+        let errors = [
+            err(&format!("{from_file}session.qos = 9\n")),
+            err_env(
+                USER,
+                &[
+                    ("MQTT_RESPONDER__BROKER__PASSWORD", SECRET),
+                    ("MQTT_RESPONDER__SESSION__QOS", "9"),
+                ],
+            ),
+            err(&format!("{USER}broker.password = [\"{SECRET}\"]\n")),
+            err(&format!("{USER}broker.password = {{ p = \"{SECRET}\" }}\n")),
+            err(&format!("{USER}broker.password = \"{SECRET}\n")),
+            err(&format!("{USER}broker.password = {SECRET}\n")),
+            err(&format!(
+                "{USER}broker.password = \"{SECRET}\"\nbroker.password_file = {pw:?}\n"
+            )),
+        ];
+        for message in &errors {
+            assert!(!message.contains(SECRET), "{message}");
+        }
+        assert!(
+            errors[2].starts_with("broker.password: wrong type"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn replies_keep_case_and_order_and_replace_the_defaults() {
+        let content =
+            format!("{USER}[replies]\nzeta = \"1\"\nAlpha = \"2\"\ncmd1 = \"3\"\nCMD1 = \"4\"\n");
+        let config = ok(&content);
+        let expected = [("zeta", "1"), ("Alpha", "2"), ("cmd1", "3"), ("CMD1", "4")];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(c, r)| (c.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(config.replies.0, expected);
+        assert_eq!(config.replies.reply("CMD2"), None);
+        // The redacted view keeps them too.
+        let shown = config.to_redacted_toml();
+        let at = |s: &str| shown.find(s).unwrap_or_else(|| panic!("{s} in {shown}"));
+        assert!(at("zeta = ") < at("Alpha = ") && at("Alpha = ") < at("cmd1 = "));
+    }
+
+    #[test]
+    fn defaults_are_those_of_the_spec() {
+        let c = ok(USER);
+        let b = &c.broker;
+        assert_eq!(b.host, "localhost");
+        assert_eq!(b.port, 1883);
+        assert_eq!(b.protocol, Protocol::V311);
+        assert_eq!(b.client_id, "mqtt-responder-2547841");
+        assert_eq!(b.username, None);
+        assert_eq!(b.password, None);
+        assert_eq!(b.keep_alive, Duration::from_secs(30));
+        assert_eq!(b.connect_timeout, Duration::from_secs(10));
+        assert_eq!(b.max_inflight, 20);
+        assert_eq!(b.tls, None);
+        let s = &c.session;
+        assert_eq!(s.user_id, "2547841");
+        assert_eq!(s.login_topic.as_str(), "login");
+        assert_eq!(s.uuid_topic.as_str(), "{user_id}/UUID");
+        assert_eq!(s.command_topic.as_str(), "{uuid}");
+        assert_eq!(s.reply_topic.as_str(), "{uuid}/{command}");
+        assert_eq!(s.completion_message, "Well done my IoT!");
+        assert_eq!(s.qos, QoS::ExactlyOnce);
+        assert_eq!(s.login_timeout, Duration::from_secs(30));
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.max_payload_bytes, 65536);
+        assert_eq!(s.unknown_command, UnknownCommand::Ignore);
+        assert_eq!(
+            s.status_topic.as_ref().map(Template::as_str),
+            Some("{user_id}/status")
+        );
+        assert_eq!(s.status_interval, Duration::from_secs(60));
+        assert_eq!(s.state_dir, None);
+        assert_eq!(c.replies, ReplyTable::seed());
+        assert_eq!(
+            c.reconnect,
+            Reconnect {
+                initial_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(60),
+                max_attempts: None,
+            }
+        );
+        assert_eq!(
+            c.log,
+            Log {
+                level: "info".into(),
+                format: LogFormat::Auto,
+            }
+        );
+    }
+
+    #[test]
+    fn resolved_and_optional_values() {
+        let c = ok(&format!(
+            "{USER}session.status_topic = \"\"\nsession.unknown_command = \"reply\"\n\
+             reconnect.max_attempts = 5\nbroker.protocol = \"5\"\nlog.level = \"DEBUG\"\n\
+             log.format = \"json\"\n"
+        ));
+        assert_eq!(c.session.status_topic, None);
+        assert_eq!(
+            c.session.unknown_command,
+            UnknownCommand::Reply("UNKNOWN".into())
+        );
+        assert_eq!(c.reconnect.max_attempts, Some(5));
+        assert_eq!(c.broker.protocol, Protocol::V5);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        // A present [broker.tls], even empty, means TLS with the system roots on 8883.
+        let c = ok("[broker.tls]\n[session]\nuser_id = \"7\"\n");
+        assert_eq!(
+            c.broker.tls,
+            Some(Tls {
+                ca_file: None,
+                client_auth: None
+            })
+        );
+        assert_eq!(c.broker.port, 8883);
+        let c = ok(&format!("{USER}broker.port = 1883\nbroker.tls = {{}}\n"));
+        assert_eq!(c.broker.port, 1883);
+    }
+
+    #[test]
+    fn mutual_tls_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map(|n| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, "pem").unwrap();
+            p
+        });
+        let content = format!(
+            "{USER}[broker.tls]\nca_file = {ca:?}\nclient_cert_file = {cert:?}\n\
+             client_key_file = {key:?}\n"
+        );
+        let c = ok(&content);
+        assert_eq!(
+            c.broker.tls,
+            Some(Tls {
+                ca_file: Some(ca),
+                client_auth: Some(ClientAuth {
+                    cert_file: cert,
+                    key_file: key
+                }),
+            })
+        );
+        // And they survive the redacted view and a reload of it.
+        let shown = c.to_redacted_toml();
+        assert_eq!(ok(&shown).to_redacted_toml(), shown);
+    }
+
+    #[test]
+    fn the_redacted_view_is_complete_and_loads_back() {
+        let c = load_env(
+            USER,
+            &[
+                ("MQTT_RESPONDER__BROKER__USERNAME", "pi"),
+                ("MQTT_RESPONDER__SESSION__UNKNOWN_COMMAND", "reply"),
+                ("STATE_DIRECTORY", "/var/lib/x"),
+            ],
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        for line in [
+            "[broker]",
+            "host = \"localhost\"",
+            "port = 1883",
+            "protocol = \"3.1.1\"",
+            "client_id = \"mqtt-responder-2547841\"",
+            "username = \"pi\"",
+            "password = \"\"",
+            "keep_alive_secs = 30",
+            "connect_timeout_secs = 10",
+            "max_inflight = 20",
+            "[session]",
+            "user_id = \"2547841\"",
+            "login_topic = \"login\"",
+            "uuid_topic = \"{user_id}/UUID\"",
+            "command_topic = \"{uuid}\"",
+            "reply_topic = \"{uuid}/{command}\"",
+            "completion_message = \"Well done my IoT!\"",
+            "qos = 2",
+            "login_timeout_secs = 30",
+            "drain_timeout_secs = 5",
+            "max_payload_bytes = 65536",
+            "unknown_command = \"reply\"",
+            "unknown_reply = \"UNKNOWN\"",
+            "status_topic = \"{user_id}/status\"",
+            "status_interval_secs = 60",
+            "state_dir = \"/var/lib/x\"",
+            "[replies]",
+            "CMD7 = \"Toy\"",
+            "[reconnect]",
+            "initial_delay_ms = 500",
+            "max_delay_secs = 60",
+            "max_attempts = 0",
+            "[log]",
+            "level = \"info\"",
+            "format = \"auto\"",
+        ] {
+            assert!(
+                shown.lines().any(|l| l == line),
+                "{line:?} missing in\n{shown}"
+            );
+        }
+        assert!(!shown.contains("tls"), "{shown}");
+        assert_eq!(ok(&shown).to_redacted_toml(), shown);
+    }
+
+    #[test]
+    fn the_shipped_example_loads_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/mqtt-responder/config.toml");
+        let (example, warnings) = load_with_env(&path, Vec::new()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(example.to_redacted_toml(), ok(USER).to_redacted_toml());
+        assert_eq!(example.source, path);
+    }
+
+    #[test]
+    fn path_resolution() {
+        let cli = Path::new("/cli.toml");
+        let env = || Some(OsString::from("/env.toml"));
+        assert_eq!(resolve_path_from(Some(cli), env()), cli);
+        assert_eq!(resolve_path_from(None, env()), Path::new("/env.toml"));
+        assert_eq!(
+            resolve_path_from(None, Some(OsString::new())),
+            Path::new(DEFAULT_PATH)
+        );
+        assert_eq!(resolve_path_from(None, None), Path::new(DEFAULT_PATH));
     }
 }
