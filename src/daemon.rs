@@ -131,7 +131,9 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                         break Outcome::CredentialsRefused;
                     }
                     End::Refused(ConnectCode::Permanent(reason)) => {
-                        tracing::error!("broker {addr} refused the connection: {reason}; giving up");
+                        tracing::error!(
+                            "broker {addr} refused the connection: {reason}; giving up"
+                        );
                         break Outcome::Failed;
                     }
                     End::Refused(code) => {

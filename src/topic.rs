@@ -149,16 +149,20 @@ impl Template {
                     if name.contains('{') {
                         return Err(TemplateError::Unbalanced);
                     }
-                    let var = Var::parse(name).filter(|v| allowed.contains(v)).ok_or_else(|| {
-                        let names: Vec<String> =
-                            allowed.iter().map(|v| format!("{{{}}}", v.name())).collect();
-                        let names = if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.join(", ")
-                        };
-                        TemplateError::UnknownPlaceholder(name.to_owned(), names)
-                    })?;
+                    let var = Var::parse(name)
+                        .filter(|v| allowed.contains(v))
+                        .ok_or_else(|| {
+                            let names: Vec<String> = allowed
+                                .iter()
+                                .map(|v| format!("{{{}}}", v.name()))
+                                .collect();
+                            let names = if names.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names.join(", ")
+                            };
+                            TemplateError::UnknownPlaceholder(name.to_owned(), names)
+                        })?;
                     parts.push(Part::Var(var));
                     rest = &rest[close + 1..];
                 }
@@ -248,8 +252,8 @@ mod tests {
 
     #[test]
     fn templates_render() {
-        let t = Template::parse("{uuid}/{command}", &[Var::UserId, Var::Uuid, Var::Command])
-            .unwrap();
+        let t =
+            Template::parse("{uuid}/{command}", &[Var::UserId, Var::Uuid, Var::Command]).unwrap();
         let vars = Vars {
             user_id: "7",
             uuid: "abc",

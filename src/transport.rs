@@ -163,11 +163,10 @@ fn client_config(tls: &Tls) -> Result<ClientConfig, TlsSetupError> {
         None => Ok(builder.with_no_client_auth()),
         Some(auth) => {
             let certs = read_certs(&auth.cert_file, "broker.tls.client_cert_file")?;
-            let key =
-                PrivateKeyDer::from_pem_file(&auth.key_file).map_err(|e| TlsSetupError {
-                    key: "broker.tls.client_key_file",
-                    message: format!("{}: {e}", auth.key_file.display()),
-                })?;
+            let key = PrivateKeyDer::from_pem_file(&auth.key_file).map_err(|e| TlsSetupError {
+                key: "broker.tls.client_key_file",
+                message: format!("{}: {e}", auth.key_file.display()),
+            })?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| TlsSetupError {
