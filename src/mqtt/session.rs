@@ -165,6 +165,8 @@ pub struct Session {
     clean_next: bool,
     /// 3.1.1: the current connection only exists to clear the old session.
     purging: bool,
+    /// A CONNACK opened a session before (so a missing one now was lost).
+    had_session: bool,
     caps: BrokerCaps,
     keep_alive: Duration,
     transmit: BytesMut,
@@ -196,6 +198,7 @@ impl Session {
             config,
             link: Link::Offline,
             purging: false,
+            had_session: false,
             caps: BrokerCaps::default(),
             transmit: BytesMut::with_capacity(4096),
             events: VecDeque::new(),
@@ -478,13 +481,13 @@ impl Session {
         }
         self.last_received = now;
         self.ping_sent = None;
-        let fresh = self.clean_next;
         self.clean_next = false;
         if ack.session_present {
             self.resume(now);
         } else {
-            self.session_lost(fresh);
+            self.session_lost();
         }
+        self.had_session = true;
         self.events.push_back(Event::Connected {
             session_present: ack.session_present,
             caps: ack.caps,
@@ -528,7 +531,7 @@ impl Session {
 
     /// The broker has no session for us: inbound state is void, and every publish it had
     /// not taken ownership of is sent again as a new one.
-    fn session_lost(&mut self, fresh: bool) {
+    fn session_lost(&mut self) {
         self.inbound.clear();
         self.inbound_ids.clear();
         let mut flights: Vec<OutFlight> = self.outgoing.drain().map(|(_, f)| f).collect();
@@ -543,8 +546,8 @@ impl Session {
                 self.pending.push_front((flight.token, flight.publish));
             }
         }
-        if !fresh {
-            tracing::debug!("broker had no session for us; in-flight replies requeued");
+        if self.had_session {
+            tracing::warn!("the broker lost our session; unacknowledged replies are sent again");
         }
     }
 
