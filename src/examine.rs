@@ -1,0 +1,240 @@
+//! The peer side of the protocol against a real broker: the [`Examiner`] state machine on an
+//! MQTT [`Session`], pumped by the same driver as the daemon. Used by the integration tests
+//! now, and by the `examine` and `demo` subcommands.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{self, App, End};
+use crate::mqtt::packet::Publish;
+use crate::mqtt::session::{Event, Session, SessionConfig};
+use crate::mqtt::{Protocol, QoS};
+use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Phase, Report};
+use crate::topic::Vars;
+use crate::transport::Endpoint;
+
+/// How the examiner connects.
+#[derive(Debug, Clone)]
+pub struct PeerConnection {
+    /// MQTT version.
+    pub protocol: Protocol,
+    /// Client identifier.
+    pub client_id: String,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<crate::config::Secret>,
+}
+
+/// A message sent to the responder besides the commands (hostile payloads, stray topics),
+/// published right after the UUID, before the first command.
+#[derive(Debug, Clone)]
+pub struct Noise {
+    /// Topic; `None`: the command topic.
+    pub topic: Option<String>,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// Why an examination could not run to its report.
+#[derive(Debug, thiserror::Error)]
+pub enum ExamineError {
+    /// The settings are inconsistent.
+    #[error("invalid examiner settings: {0}")]
+    Settings(String),
+    /// The broker could not be reached or dropped us.
+    #[error("{0}")]
+    Connection(String),
+}
+
+/// Runs one examination: connect, wait for a login, hand out the UUID, send the commands,
+/// check the replies, send the completion message, disconnect. `ready` fires once the
+/// examiner listens for logins.
+pub async fn run(
+    endpoint: &Endpoint,
+    connection: PeerConnection,
+    settings: ExaminerSettings,
+    noise: Vec<Noise>,
+    ready: Option<oneshot::Sender<()>>,
+) -> Result<Report, ExamineError> {
+    let now = Instant::now();
+    let qos = settings.qos;
+    let examiner = Examiner::new(settings, now).map_err(|e| ExamineError::Settings(e.to_string()))?;
+    let mut session = Session::new(
+        SessionConfig {
+            protocol: connection.protocol,
+            client_id: connection.client_id,
+            username: connection.username,
+            password: connection.password,
+            keep_alive: Duration::from_secs(30),
+            max_inflight: 20,
+            max_incoming_packet: 1 << 20,
+            session_expiry: 600,
+            will: None,
+            manual_acks: false,
+            clean_first: true,
+        },
+        now,
+    );
+    let mut app = ExaminerApp {
+        examiner,
+        qos,
+        noise,
+        ready,
+        subscriptions: HashMap::new(),
+        finished: false,
+        disconnect_sent: false,
+    };
+    let never = CancellationToken::new();
+    loop {
+        let stream = endpoint
+            .open()
+            .await
+            .map_err(|e| ExamineError::Connection(e.to_string()))?;
+        let end =
+            driver::run_connection(stream, &mut session, &mut app, Duration::from_secs(10), &never)
+                .await;
+        match end {
+            End::Disconnected => return Ok(app.examiner.report()),
+            End::Purged => continue,
+            End::Refused(code) => {
+                return Err(ExamineError::Connection(format!(
+                    "{} refused the examiner's connection: {code:?}",
+                    endpoint.addr()
+                )));
+            }
+            End::Lost { error, .. } => {
+                return Err(ExamineError::Connection(format!(
+                    "examiner lost its connection to {}: {error}",
+                    endpoint.addr()
+                )));
+            }
+        }
+    }
+}
+
+struct ExaminerApp {
+    examiner: Examiner,
+    qos: QoS,
+    noise: Vec<Noise>,
+    ready: Option<oneshot::Sender<()>>,
+    /// SUBSCRIBE packet id → filter.
+    subscriptions: HashMap<u16, String>,
+    finished: bool,
+    disconnect_sent: bool,
+}
+
+impl ExaminerApp {
+    fn run_actions(&mut self, session: &mut Session, now: Instant) {
+        let before = self.examiner.phase();
+        while let Some(action) = self.examiner.poll_action() {
+            match action {
+                Action::Subscribe { topic, qos } => {
+                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
+                        self.subscriptions.insert(pkid, topic);
+                    }
+                }
+                Action::Publish {
+                    topic,
+                    payload,
+                    qos,
+                } => {
+                    session.publish(publish(topic, payload, qos), now);
+                }
+                Action::Finished => self.finished = true,
+            }
+        }
+        if before != Phase::Delaying && self.examiner.phase() == Phase::Delaying {
+            self.send_noise(session, now);
+        }
+        if self.finished && !self.disconnect_sent && session.outstanding() == 0 {
+            session.disconnect(now);
+            self.disconnect_sent = true;
+        }
+    }
+
+    fn send_noise(&mut self, session: &mut Session, now: Instant) {
+        let report = self.examiner.report();
+        let user_id = report.user_id.unwrap_or_default();
+        let vars = Vars {
+            user_id: &user_id,
+            uuid: self.examiner.uuid(),
+            command: "",
+        };
+        let command_topic = self.examiner.settings().command_topic.render(&vars);
+        for noise in std::mem::take(&mut self.noise) {
+            let topic = noise.topic.unwrap_or_else(|| command_topic.clone());
+            session.publish(publish(topic, noise.payload, self.qos), now);
+        }
+    }
+}
+
+fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        pkid: 0,
+        topic,
+        payload,
+        response_topic: None,
+        correlation_data: None,
+    }
+}
+
+impl App for ExaminerApp {
+    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        match event {
+            Event::Connected {
+                session_present,
+                caps,
+            } => self
+                .examiner
+                .handle_connected(session_present, caps.max_qos, now),
+            Event::SubAck { pkid, granted } => {
+                if let Some(topic) = self.subscriptions.remove(&pkid) {
+                    let granted = granted.first().copied().flatten();
+                    self.examiner.handle_subscribed(&topic, granted, now);
+                    if self.examiner.phase() == Phase::WaitingForLogin
+                        && let Some(ready) = self.ready.take()
+                    {
+                        let _ = ready.send(());
+                    }
+                }
+            }
+            Event::Message(m) => {
+                let p = &m.publish;
+                self.examiner.handle_message(&p.topic, &p.payload, p.qos, now);
+            }
+            Event::Rejected(_, reason) => {
+                tracing::warn!("the broker did not accept an examiner publish: {reason}")
+            }
+            Event::Delivered(_)
+            | Event::BrokerDisconnect { .. }
+            | Event::Refused(_)
+            | Event::Purged => {}
+        }
+        self.run_actions(session, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.examiner.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
+        if self.examiner.poll_timeout().is_some_and(|t| now >= t) {
+            self.examiner.handle_timeout(now);
+        }
+        self.run_actions(session, now);
+    }
+
+    fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn wants_disconnect(&self) -> bool {
+        self.disconnect_sent
+    }
+}
