@@ -2,13 +2,17 @@
 //! subscribe to the command topic, answer each command from the reply table, and on the
 //! completion message drain and disconnect.
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::{debug, error, info, warn};
 
 use super::MessageId;
-use crate::config::{ReplyTable, Session};
+use crate::config::{ReplyTable, Session, UnknownCommand};
 use crate::mqtt::QoS;
+use crate::topic::{Template, TopicError, Vars, validate_level};
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,76 +92,706 @@ pub struct Stats {
     pub unexpected: u64,
 }
 
+/// First delay before a refused subscription is tried again; doubles up to the maximum.
+const FIRST_RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+/// Longest delay between attempts at a refused subscription.
+const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(60);
+/// Peer-controlled text in log lines is cut to this many characters.
+const SHOWN_CHARS: usize = 64;
+/// Distinct unknown commands counted by name in [`Stats::answered`]; the rest share one row,
+/// so a peer cannot make the summary grow without bound.
+const MAX_UNKNOWN_ROWS: usize = 32;
+/// Name of the row that collects unknown commands beyond [`MAX_UNKNOWN_ROWS`].
+const OTHER_UNKNOWN_ROW: &str = "(other unknown)";
+
+/// The deadlines the responder keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// No UUID within `login_timeout` after the login: log in again.
+    LoginTimeout,
+    /// Completion received but replies still unacknowledged after `drain_timeout`: give up.
+    DrainTimeout,
+    /// A refused subscription is due to be tried again.
+    Resubscribe,
+}
+
+impl Timer {
+    const ALL: [Timer; 3] = [Timer::LoginTimeout, Timer::DrainTimeout, Timer::Resubscribe];
+}
+
+/// One optional deadline per [`Timer`] (quinn-proto's `TimerTable`).
+#[derive(Debug, Default)]
+struct TimerTable([Option<Instant>; 3]);
+
+impl TimerTable {
+    fn set(&mut self, timer: Timer, deadline: Instant) {
+        self.0[timer as usize] = Some(deadline);
+    }
+
+    fn stop(&mut self, timer: Timer) {
+        self.0[timer as usize] = None;
+    }
+
+    fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0[timer as usize]
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+
+    /// Stops and reports `timer` if its deadline has passed.
+    fn expire(&mut self, timer: Timer, now: Instant) -> bool {
+        match self.get(timer) {
+            Some(deadline) if deadline <= now => {
+                self.stop(timer);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The two subscriptions the protocol needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// The UUID topic, subscribed before logging in.
+    Uuid,
+    /// The command topic, subscribed once the UUID is known.
+    Commands,
+}
+
+/// What is known once a UUID has been accepted: every topic rendered once, so that answering
+/// a command allocates nothing but the outgoing message.
+#[derive(Debug)]
+struct Accepted {
+    uuid: String,
+    command_topic: String,
+    /// Reply topic per reply-table entry, in table order.
+    reply_topics: Vec<String>,
+}
+
 /// The responder state machine.
+///
+/// Feed it connection events, SUBACKs, inbound messages, delivery confirmations and expired
+/// deadlines; drain [`Responder::poll_action`] after each call and sleep until
+/// [`Responder::poll_timeout`]. It never does I/O and never reads a clock.
 #[derive(Debug)]
 pub struct Responder {
-    _todo: (),
+    // Configuration, rendered once.
+    user_id: String,
+    login_topic: String,
+    login_payload: Bytes,
+    uuid_topic: String,
+    command_template: Template,
+    reply_template: Template,
+    completion_message: String,
+    configured_qos: QoS,
+    login_timeout: Duration,
+    drain_timeout: Duration,
+    max_payload_bytes: usize,
+    /// `Some(payload)` when unknown commands are answered.
+    unknown_reply: Option<Bytes>,
+    /// Command → index into `replies` (and into the first rows of `stats.answered`).
+    table: HashMap<String, usize>,
+    /// Reply payloads in table order; cloning a `Bytes` is a reference-count increment.
+    replies: Vec<Bytes>,
+
+    // State of the run.
+    phase: Phase,
+    accepted: Option<Accepted>,
+    /// Completion received: no further commands are answered, even across reconnects.
+    draining: bool,
+    /// Replies published but not yet acknowledged → row in `stats.answered`.
+    in_flight: HashMap<MessageId, usize>,
+    /// The broker's cap from the latest CONNACK.
+    broker_qos: QoS,
+    /// The lowest QoS granted in a SUBACK during the current broker session.
+    granted_qos: QoS,
+    qos_warned: bool,
+    /// SUBSCRIBEs sent on this connection whose SUBACK has not arrived.
+    pending_uuid_sub: bool,
+    pending_command_sub: bool,
+    /// The command subscription was granted in the current broker session.
+    commands_subscribed: bool,
+    /// A refused subscription waiting for [`Timer::Resubscribe`].
+    retry: Option<Sub>,
+    resubscribe_delay: Duration,
+    timers: TimerTable,
+    actions: VecDeque<Action>,
+    stats: Stats,
 }
 
 impl Responder {
     /// A responder for one run, not yet connected.
+    ///
+    /// `session` comes from the validated configuration: `user_id` is a valid topic level and
+    /// every template renders to a valid topic, so the topics that do not depend on the peer
+    /// are rendered here without further checks.
     pub fn new(session: &Session, replies: &ReplyTable) -> Responder {
-        todo!()
+        let vars = Vars {
+            user_id: &session.user_id,
+            ..Vars::default()
+        };
+        let mut table = HashMap::with_capacity(replies.0.len());
+        let mut payloads = Vec::with_capacity(replies.0.len());
+        let mut answered = Vec::with_capacity(replies.0.len());
+        for (command, reply) in &replies.0 {
+            // A duplicated command keeps its first reply, as `ReplyTable::reply` does.
+            if table.contains_key(command) {
+                continue;
+            }
+            table.insert(command.clone(), payloads.len());
+            payloads.push(Bytes::from(reply.clone()));
+            answered.push((command.clone(), 0));
+        }
+        let unknown_reply = match &session.unknown_command {
+            UnknownCommand::Ignore => None,
+            UnknownCommand::Reply(text) => Some(Bytes::from(text.clone())),
+        };
+        Responder {
+            user_id: session.user_id.clone(),
+            login_topic: session.login_topic.render(&vars),
+            login_payload: Bytes::from(session.user_id.clone()),
+            uuid_topic: session.uuid_topic.render(&vars),
+            command_template: session.command_topic.clone(),
+            reply_template: session.reply_topic.clone(),
+            completion_message: session.completion_message.clone(),
+            configured_qos: session.qos,
+            login_timeout: session.login_timeout,
+            drain_timeout: session.drain_timeout,
+            max_payload_bytes: session.max_payload_bytes,
+            unknown_reply,
+            table,
+            replies: payloads,
+            phase: Phase::Disconnected,
+            accepted: None,
+            draining: false,
+            in_flight: HashMap::new(),
+            broker_qos: QoS::ExactlyOnce,
+            granted_qos: QoS::ExactlyOnce,
+            qos_warned: false,
+            pending_uuid_sub: false,
+            pending_command_sub: false,
+            commands_subscribed: false,
+            retry: None,
+            resubscribe_delay: FIRST_RESUBSCRIBE_DELAY,
+            timers: TimerTable::default(),
+            actions: VecDeque::new(),
+            stats: Stats {
+                answered,
+                ..Stats::default()
+            },
+        }
     }
 
     /// A CONNACK arrived. `max_qos` is the broker's cap (MQTT 5 CONNACK; `ExactlyOnce` for
     /// 3.1.1). With `session_present` the broker kept our subscriptions.
     pub fn handle_connected(&mut self, session_present: bool, max_qos: QoS, now: Instant) {
-        todo!()
+        let _ = now;
+        if self.phase == Phase::Finished {
+            return;
+        }
+        // Every CONNACK may start a new broker session: nothing in progress survives it.
+        self.pending_uuid_sub = false;
+        self.pending_command_sub = false;
+        self.retry = None;
+        self.timers.stop(Timer::Resubscribe);
+        self.timers.stop(Timer::LoginTimeout);
+        if !session_present {
+            self.commands_subscribed = false;
+            self.granted_qos = QoS::ExactlyOnce;
+        }
+        self.broker_qos = max_qos;
+        self.note_qos_cap("the broker's maximum QoS", max_qos);
+
+        if self.accepted.is_none() {
+            // Even with a session present: subscribing again is cheap and certainly safe.
+            self.set_phase(Phase::SubscribingUuid);
+            self.subscribe(Sub::Uuid);
+        } else if self.draining {
+            // No new commands are answered; the session resends what is in flight.
+            self.set_phase(Phase::Draining);
+        } else if session_present && self.commands_subscribed {
+            self.set_phase(Phase::Answering);
+        } else {
+            // Resume on the same UUID; logging in again would get a new one.
+            self.set_phase(Phase::SubscribingCommands);
+            self.subscribe(Sub::Commands);
+        }
     }
 
     /// The connection was lost; subscriptions in progress are void.
     pub fn handle_disconnected(&mut self, now: Instant) {
-        todo!()
+        let _ = now;
+        if self.phase == Phase::Finished {
+            return;
+        }
+        self.pending_uuid_sub = false;
+        self.pending_command_sub = false;
+        self.retry = None;
+        self.timers.stop(Timer::Resubscribe);
+        // Re-armed after the next login; the drain timer keeps running.
+        self.timers.stop(Timer::LoginTimeout);
+        self.set_phase(Phase::Disconnected);
     }
 
     /// The SUBACK for `topic`: the granted QoS, or `None` when refused.
     pub fn handle_subscribed(&mut self, topic: &str, granted: Option<QoS>, now: Instant) {
-        todo!()
+        let command_topic = self.accepted.as_ref().map(|a| a.command_topic.as_str());
+        if self.pending_command_sub && command_topic == Some(topic) {
+            self.pending_command_sub = false;
+            match granted {
+                Some(qos) => {
+                    self.subscribed_ok();
+                    self.commands_subscribed = true;
+                    self.granted_qos = self.granted_qos.min(qos);
+                    self.note_qos_cap("the command subscription's granted QoS", qos);
+                    if !self.draining {
+                        self.set_phase(Phase::Answering);
+                    }
+                }
+                None => self.subscription_refused(Sub::Commands, topic, now),
+            }
+        } else if self.pending_uuid_sub && topic == self.uuid_topic {
+            self.pending_uuid_sub = false;
+            match granted {
+                Some(qos) => {
+                    self.subscribed_ok();
+                    self.granted_qos = self.granted_qos.min(qos);
+                    self.note_qos_cap("the UUID subscription's granted QoS", qos);
+                    // The UUID may have arrived before its SUBACK: then there is no need to
+                    // log in (again).
+                    if self.accepted.is_none() {
+                        self.login(now);
+                    }
+                }
+                None if self.accepted.is_none() => self.subscription_refused(Sub::Uuid, topic, now),
+                None => {}
+            }
+        } else {
+            debug!(
+                topic,
+                "ignoring a SUBACK for a subscription not in progress"
+            );
+        }
     }
 
     /// A message arrived.
     pub fn handle_message(&mut self, id: MessageId, topic: &str, payload: &[u8], now: Instant) {
-        todo!()
+        let on_commands = self
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.command_topic == topic);
+        if on_commands {
+            self.command_message(id, payload, now);
+        } else if topic == self.uuid_topic {
+            self.uuid_message(id, payload, now);
+        } else {
+            self.stats.unexpected += 1;
+            debug!(topic = %Shown(topic.as_bytes()), "ignoring a message on an unexpected topic");
+            self.actions.push_back(Action::Ack(id));
+        }
     }
 
     /// The reply to `id` was acknowledged by the broker at its QoS (QoS 0: written).
     pub fn handle_delivered(&mut self, id: MessageId, now: Instant) {
-        todo!()
+        let _ = now;
+        let Some(row) = self.in_flight.remove(&id) else {
+            debug!(id = id.0, "delivery confirmation for no reply in flight");
+            return;
+        };
+        if let Some((_, count)) = self.stats.answered.get_mut(row) {
+            *count += 1;
+        }
+        if self.phase == Phase::Draining && self.in_flight.is_empty() {
+            info!("every reply is acknowledged");
+            self.finish();
+        }
     }
 
     /// A deadline from `poll_timeout` passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        todo!()
+        for timer in Timer::ALL {
+            if !self.timers.expire(timer, now) {
+                continue;
+            }
+            match timer {
+                Timer::LoginTimeout => {
+                    if self.phase == Phase::WaitingForUuid {
+                        warn!(
+                            "no UUID within {}s, logging in again",
+                            self.login_timeout.as_secs_f64()
+                        );
+                        self.login(now);
+                    }
+                }
+                Timer::DrainTimeout => {
+                    if self.phase != Phase::Finished {
+                        warn!(
+                            unacknowledged = self.in_flight.len(),
+                            "drain timed out with {} replies still unacknowledged",
+                            self.in_flight.len()
+                        );
+                        self.finish();
+                    }
+                }
+                Timer::Resubscribe => {
+                    if let Some(sub) = self.retry.take() {
+                        self.subscribe(sub);
+                    }
+                }
+            }
+        }
     }
 
     /// The earliest pending deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        self.timers.next()
     }
 
     /// The next action, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        todo!()
+        self.actions.pop_front()
     }
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        todo!()
+        self.phase
     }
 
     /// The UUID, once accepted.
     pub fn uuid(&self) -> Option<&str> {
-        todo!()
+        self.accepted.as_ref().map(|a| a.uuid.as_str())
     }
 
     /// The QoS in use for replies (configured, capped by the broker).
     pub fn effective_qos(&self) -> QoS {
-        todo!()
+        self.configured_qos
+            .min(self.broker_qos)
+            .min(self.granted_qos)
     }
 
     /// Counters for the exit summary.
     pub fn stats(&self) -> &Stats {
-        todo!()
+        &self.stats
+    }
+
+    /// Replies published and not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// A message on the UUID topic.
+    fn uuid_message(&mut self, id: MessageId, payload: &[u8], now: Instant) {
+        self.actions.push_back(Action::Ack(id));
+        if let Some(accepted) = &self.accepted {
+            if payload == accepted.uuid.as_bytes() {
+                debug!("the UUID again; already using it");
+            } else {
+                // The first UUID wins: switching mid-run would orphan the peer's commands.
+                warn!(
+                    uuid = %Shown(payload),
+                    current = %accepted.uuid,
+                    "ignoring a different UUID; keeping the first one for this run"
+                );
+            }
+            return;
+        }
+        let accepted = match self.accept(payload) {
+            Ok(accepted) => accepted,
+            Err(why) => {
+                warn!(uuid = %Shown(payload), "ignoring an invalid UUID: {why}");
+                return;
+            }
+        };
+        let _ = now;
+        info!(uuid = %accepted.uuid, "UUID received");
+        self.accepted = Some(accepted);
+        self.timers.stop(Timer::LoginTimeout);
+        // A retry of the UUID subscription is moot now.
+        if self.retry == Some(Sub::Uuid) {
+            self.retry = None;
+            self.timers.stop(Timer::Resubscribe);
+        }
+        if self.phase != Phase::Disconnected {
+            self.set_phase(Phase::SubscribingCommands);
+            self.subscribe(Sub::Commands);
+        }
+    }
+
+    /// Validates a UUID and renders every topic that depends on it.
+    fn accept(&self, payload: &[u8]) -> Result<Accepted, String> {
+        let uuid = std::str::from_utf8(payload).map_err(|_| "not UTF-8".to_owned())?;
+        validate_level(uuid).map_err(|e| e.to_string())?;
+        let vars = Vars {
+            user_id: &self.user_id,
+            uuid,
+            command: "",
+        };
+        let command_topic = self
+            .command_template
+            .render_checked(&vars)
+            .map_err(|e| format!("command topic {e}"))?;
+        let mut reply_topics = Vec::with_capacity(self.table.len());
+        let mut commands: Vec<(&String, &usize)> = self.table.iter().collect();
+        commands.sort_by_key(|(_, index)| **index);
+        for (command, _) in commands {
+            let topic = self
+                .reply_template
+                .render_checked(&Vars { command, ..vars })
+                .map_err(|e| format!("reply topic {e}"))?;
+            reply_topics.push(topic);
+        }
+        Ok(Accepted {
+            uuid: uuid.to_owned(),
+            command_topic,
+            reply_topics,
+        })
+    }
+
+    /// A message on the command topic (the UUID is known).
+    fn command_message(&mut self, id: MessageId, payload: &[u8], now: Instant) {
+        let _ = now;
+        if self.in_flight.contains_key(&id) {
+            // The session suppresses duplicates; this guards the one-reply promise anyway.
+            debug!(id = id.0, "command already being answered");
+            return;
+        }
+        let command = match self.check_payload(payload) {
+            Ok(command) => command,
+            Err(why) => {
+                self.stats.dropped += 1;
+                warn!(payload = %Shown(payload), "dropping a command: {why}");
+                self.actions.push_back(Action::Ack(id));
+                return;
+            }
+        };
+        if self.draining {
+            debug!(command = %Shown(payload), "draining; not answering");
+            self.actions.push_back(Action::Ack(id));
+            return;
+        }
+        if command == self.completion_message {
+            self.actions.push_back(Action::Ack(id));
+            self.draining = true;
+            self.timers
+                .set(Timer::DrainTimeout, now + self.drain_timeout);
+            info!(
+                outstanding = self.in_flight.len(),
+                "completion message received"
+            );
+            if self.in_flight.is_empty() {
+                self.finish();
+            } else {
+                self.set_phase(Phase::Draining);
+            }
+            return;
+        }
+        if let Some(&index) = self.table.get(command) {
+            let Some(topic) = self
+                .accepted
+                .as_ref()
+                .and_then(|a| a.reply_topics.get(index))
+            else {
+                return;
+            };
+            let topic = topic.clone();
+            let payload = self.replies[index].clone();
+            self.reply(id, command.to_owned(), topic, payload, index);
+            return;
+        }
+        self.stats.unknown += 1;
+        warn!(command = %Shown(payload), "unknown command");
+        let Some(reply_payload) = self.unknown_reply.clone() else {
+            self.actions.push_back(Action::Ack(id));
+            return;
+        };
+        // The command becomes part of the reply topic: it must be one harmless level.
+        let topic = validate_level(command).and_then(|()| {
+            let accepted = self.accepted.as_ref().ok_or(TopicError::Empty)?;
+            self.reply_template.render_checked(&Vars {
+                user_id: &self.user_id,
+                uuid: &accepted.uuid,
+                command,
+            })
+        });
+        match topic {
+            Ok(topic) => {
+                let row = self.unknown_row(command);
+                self.reply(id, command.to_owned(), topic, reply_payload, row);
+            }
+            Err(why) => {
+                warn!(command = %Shown(payload), "not answering an unknown command: it {why}");
+                self.actions.push_back(Action::Ack(id));
+            }
+        }
+    }
+
+    /// The checks every command payload passes before it is looked at.
+    fn check_payload<'p>(&self, payload: &'p [u8]) -> Result<&'p str, String> {
+        if payload.is_empty() {
+            return Err("empty payload".to_owned());
+        }
+        if payload.len() > self.max_payload_bytes {
+            return Err(format!(
+                "{} bytes, more than max_payload_bytes = {}",
+                payload.len(),
+                self.max_payload_bytes
+            ));
+        }
+        std::str::from_utf8(payload).map_err(|_| "not UTF-8".to_owned())
+    }
+
+    /// Publishes a reply and tracks it until `handle_delivered`.
+    fn reply(&mut self, id: MessageId, command: String, topic: String, payload: Bytes, row: usize) {
+        let qos = self.effective_qos();
+        debug!(%command, %topic, qos = qos.as_u8(), "answering");
+        self.in_flight.insert(id, row);
+        self.actions.push_back(Action::Publish(Outgoing {
+            topic,
+            payload,
+            qos,
+            kind: OutgoingKind::Reply {
+                command,
+                in_reply_to: id,
+            },
+        }));
+    }
+
+    /// The `stats.answered` row for an unknown command, bounded in number.
+    fn unknown_row(&mut self, command: &str) -> usize {
+        let first = self.table.len();
+        let rows = &mut self.stats.answered;
+        if let Some(offset) = rows[first..].iter().position(|(c, _)| c == command) {
+            return first + offset;
+        }
+        let name = if rows.len() - first < MAX_UNKNOWN_ROWS {
+            command
+        } else {
+            OTHER_UNKNOWN_ROW
+        };
+        if let Some(offset) = rows[first..].iter().position(|(c, _)| c == name) {
+            return first + offset;
+        }
+        rows.push((name.to_owned(), 0));
+        rows.len() - 1
+    }
+
+    /// Publishes the login and waits for the UUID.
+    fn login(&mut self, now: Instant) {
+        let qos = self.effective_qos();
+        self.actions.push_back(Action::Publish(Outgoing {
+            topic: self.login_topic.clone(),
+            payload: self.login_payload.clone(),
+            qos,
+            kind: OutgoingKind::Login,
+        }));
+        self.timers
+            .set(Timer::LoginTimeout, now + self.login_timeout);
+        self.set_phase(Phase::WaitingForUuid);
+    }
+
+    /// Emits a SUBSCRIBE and remembers that its SUBACK is due.
+    fn subscribe(&mut self, sub: Sub) {
+        let topic = match sub {
+            Sub::Uuid => {
+                self.pending_uuid_sub = true;
+                self.uuid_topic.clone()
+            }
+            Sub::Commands => {
+                let Some(accepted) = &self.accepted else {
+                    return;
+                };
+                self.pending_command_sub = true;
+                accepted.command_topic.clone()
+            }
+        };
+        let qos = self.effective_qos();
+        self.actions.push_back(Action::Subscribe { topic, qos });
+    }
+
+    fn subscribed_ok(&mut self) {
+        self.resubscribe_delay = FIRST_RESUBSCRIBE_DELAY;
+    }
+
+    /// A refused subscription is retried with a doubling delay; never silently dropped.
+    fn subscription_refused(&mut self, sub: Sub, topic: &str, now: Instant) {
+        let delay = self.resubscribe_delay;
+        error!(
+            topic,
+            "the broker refused the subscription; retrying in {} ms",
+            delay.as_millis()
+        );
+        self.retry = Some(sub);
+        self.timers.set(Timer::Resubscribe, now + delay);
+        self.resubscribe_delay = (delay * 2).min(MAX_RESUBSCRIBE_DELAY);
+    }
+
+    /// Logs once when the QoS in use drops below the configured one.
+    fn note_qos_cap(&mut self, cause: &str, value: QoS) {
+        if !self.qos_warned && self.effective_qos() < self.configured_qos {
+            self.qos_warned = true;
+            warn!(
+                configured = self.configured_qos.as_u8(),
+                granted = value.as_u8(),
+                "QoS capped to {} by {cause} (configured {})",
+                value,
+                self.configured_qos
+            );
+        }
+    }
+
+    /// Asks for DISCONNECT; the run is over.
+    fn finish(&mut self) {
+        self.timers = TimerTable::default();
+        self.retry = None;
+        self.actions.push_back(Action::Disconnect);
+        self.set_phase(Phase::Finished);
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase == phase {
+            return;
+        }
+        self.phase = phase;
+        match phase {
+            Phase::Disconnected => info!("disconnected"),
+            Phase::SubscribingUuid => {
+                info!(topic = %self.uuid_topic, "subscribing to the UUID topic")
+            }
+            Phase::WaitingForUuid => info!(
+                topic = %self.login_topic,
+                user_id = %self.user_id,
+                "logged in, waiting for the UUID"
+            ),
+            Phase::SubscribingCommands => info!(
+                topic = self.accepted.as_ref().map(|a| a.command_topic.as_str()),
+                "subscribing to the command topic"
+            ),
+            Phase::Answering => info!(uuid = self.uuid(), "answering commands"),
+            Phase::Draining => info!(
+                outstanding = self.in_flight.len(),
+                "draining: waiting for replies to be acknowledged"
+            ),
+            Phase::Finished => info!("finished, disconnecting"),
+        }
+    }
+}
+
+/// Peer-controlled bytes for a log line: lossy UTF-8, escaped, at most [`SHOWN_CHARS`]
+/// characters.
+struct Shown<'a>(&'a [u8]);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = String::from_utf8_lossy(self.0);
+        let mut chars = text.chars();
+        let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
+        write!(f, "{head:?}")?;
+        if chars.next().is_some() {
+            write!(f, "… ({} bytes)", self.0.len())?;
+        }
+        Ok(())
     }
 }
