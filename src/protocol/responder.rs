@@ -804,31 +804,10 @@ impl fmt::Display for Shown<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::testing::session;
     use crate::topic::Var;
 
     const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
-
-    /// `[session]` with SPEC §3's defaults.
-    pub(crate) fn session() -> Session {
-        let all = [Var::UserId, Var::Uuid, Var::Command];
-        let template = |s: &str, allowed: &[Var]| Template::parse(s, allowed).expect("template");
-        Session {
-            user_id: "2547841".to_owned(),
-            login_topic: template("login", &all[..1]),
-            uuid_topic: template("{user_id}/UUID", &all[..1]),
-            command_topic: template("{uuid}", &all[..2]),
-            reply_topic: template("{uuid}/{command}", &all),
-            completion_message: "Well done my IoT!".to_owned(),
-            qos: QoS::ExactlyOnce,
-            login_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(5),
-            max_payload_bytes: 65536,
-            unknown_command: UnknownCommand::Ignore,
-            status_topic: Some(template("{user_id}/status", &all[..1])),
-            status_interval: Duration::from_secs(60),
-            state_dir: None,
-        }
-    }
 
     fn actions(r: &mut Responder) -> Vec<Action> {
         std::iter::from_fn(|| r.poll_action()).collect()
