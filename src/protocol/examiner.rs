@@ -881,3 +881,772 @@ impl SplitMix64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UnknownCommand;
+    use crate::protocol::MessageId;
+    use crate::protocol::responder::{self, OutgoingKind, Responder};
+    use crate::protocol::testing::session;
+
+    const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
+
+    fn settings() -> ExaminerSettings {
+        ExaminerSettings {
+            uuid: Some(UUID.to_owned()),
+            commands: 7,
+            delay: Duration::from_millis(100),
+            window: 3,
+            ..ExaminerSettings::from_session(&session(), &ReplyTable::seed())
+        }
+    }
+
+    fn actions(e: &mut Examiner) -> Vec<Action> {
+        std::iter::from_fn(|| e.poll_action()).collect()
+    }
+
+    fn publish(topic: &str, payload: &str, qos: QoS) -> Action {
+        Action::Publish {
+            topic: topic.to_owned(),
+            payload: Bytes::from(payload.to_owned()),
+            qos,
+        }
+    }
+
+    /// An examiner that has handed out the UUID and is waiting `delay`.
+    fn delaying(settings: ExaminerSettings, t: Instant) -> Examiner {
+        let mut e = Examiner::new(settings, t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        let filter = format!("{UUID}/+");
+        e.handle_subscribed(&filter, Some(QoS::ExactlyOnce), t);
+        assert_eq!(e.phase(), Phase::Delaying);
+        actions(&mut e);
+        e
+    }
+
+    /// The commands among `actions` (publishes on the command topic, completion excluded).
+    fn sent(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish { topic, payload, .. }
+                    if topic == UUID && payload.as_ref() != b"Well done my IoT!" =>
+                {
+                    Some(String::from_utf8_lossy(payload).into_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(command: &str) -> &'static str {
+        match command {
+            "CMD1" => "Apple",
+            "CMD2" => "Cat",
+            "CMD3" => "Dog",
+            "CMD4" => "Rat",
+            "CMD5" => "Boy",
+            "CMD6" => "Girl",
+            "CMD7" => "Toy",
+            _ => "?",
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let d = ExaminerSettings::default();
+        let s = ExaminerSettings::from_session(&session(), &ReplyTable::seed());
+        assert_eq!(ExaminerSettings { user_id: None, ..s }, d);
+        assert_eq!(d.delay, Duration::from_secs(3));
+        assert_eq!(d.window, 20);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let t = Instant::now();
+        let check = |s: ExaminerSettings| Examiner::new(s, t).err();
+        let login = Template::parse("{user_id}/login", &[Var::UserId]).unwrap();
+        assert!(matches!(
+            check(ExaminerSettings {
+                login_topic: login,
+                ..ExaminerSettings::default()
+            }),
+            Some(SettingsError::MissingUserId(_))
+        ));
+        assert!(matches!(
+            check(ExaminerSettings {
+                uuid: Some("a/b".to_owned()),
+                ..settings()
+            }),
+            Some(SettingsError::InvalidUuid(..))
+        ));
+        assert!(matches!(
+            check(ExaminerSettings {
+                user_id: Some("#".to_owned()),
+                ..settings()
+            }),
+            Some(SettingsError::InvalidUserId(..))
+        ));
+        assert_eq!(
+            check(ExaminerSettings {
+                window: 0,
+                ..settings()
+            }),
+            Some(SettingsError::ZeroWindow)
+        );
+        assert_eq!(
+            check(ExaminerSettings {
+                replies: ReplyTable(Vec::new()),
+                ..settings()
+            }),
+            Some(SettingsError::NoCommands)
+        );
+        assert!(matches!(
+            check(ExaminerSettings {
+                replies: ReplyTable(vec![("a+".to_owned(), "x".to_owned())]),
+                ..settings()
+            }),
+            Some(SettingsError::InvalidCommand(..))
+        ));
+        let reply = Template::parse("{uuid}/reply", &[Var::Uuid, Var::Command]).unwrap();
+        assert!(matches!(
+            check(ExaminerSettings {
+                reply_topic: reply,
+                ..settings()
+            }),
+            Some(SettingsError::ReplyTopicWithoutCommand(_))
+        ));
+    }
+
+    #[test]
+    fn random_uuids_look_like_v4_and_follow_the_seed() {
+        let t = Instant::now();
+        let make = |seed| {
+            Examiner::new(
+                ExaminerSettings {
+                    seed,
+                    ..ExaminerSettings::default()
+                },
+                t,
+            )
+            .unwrap()
+            .uuid()
+            .to_owned()
+        };
+        let uuid = make(1);
+        assert_eq!(uuid, make(1));
+        assert_ne!(uuid, make(2));
+        let parts: Vec<&str> = uuid.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+        assert!(validate_level(&uuid).is_ok());
+    }
+
+    #[test]
+    fn commands_are_picked_uniformly() {
+        let mut rng = SplitMix64(42);
+        let mut counts = [0u32; 7];
+        for _ in 0..70_000 {
+            counts[rng.below(7) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn subscribes_to_replies_before_handing_out_the_uuid() {
+        let t = Instant::now();
+        let mut e = Examiner::new(settings(), t).unwrap();
+        assert_eq!(e.phase(), Phase::WaitingForLogin);
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(
+            actions(&mut e),
+            [Action::Subscribe {
+                topic: "login".to_owned(),
+                qos: QoS::ExactlyOnce
+            }]
+        );
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t);
+        // Invalid logins and other users are ignored.
+        for bad in [b"".as_slice(), b"a/b", b"#", b"\xff", b"999"] {
+            e.handle_message("login", bad, QoS::ExactlyOnce, t);
+            assert_eq!(actions(&mut e), [], "{bad:?}");
+        }
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        assert_eq!(e.phase(), Phase::SubscribingReplies);
+        let filter = format!("{UUID}/+");
+        assert_eq!(
+            actions(&mut e),
+            [Action::Subscribe {
+                topic: filter.clone(),
+                qos: QoS::ExactlyOnce
+            }]
+        );
+        assert_eq!(e.poll_timeout(), None);
+        e.handle_subscribed(&filter, Some(QoS::ExactlyOnce), t);
+        assert_eq!(
+            actions(&mut e),
+            [publish("2547841/UUID", UUID, QoS::ExactlyOnce)]
+        );
+        assert_eq!(e.phase(), Phase::Delaying);
+        assert_eq!(e.poll_timeout(), Some(t + Duration::from_millis(100)));
+        // A second login from the same user gets the same UUID again.
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        assert_eq!(
+            actions(&mut e),
+            [publish("2547841/UUID", UUID, QoS::ExactlyOnce)]
+        );
+    }
+
+    #[test]
+    fn a_partial_command_level_subscribes_per_command() {
+        let t = Instant::now();
+        let reply = Template::parse("{uuid}/re-{command}", &[Var::Uuid, Var::Command]).unwrap();
+        let mut e = Examiner::new(
+            ExaminerSettings {
+                reply_topic: reply,
+                ..settings()
+            },
+            t,
+        )
+        .unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        let subs: Vec<String> = actions(&mut e)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Subscribe { topic, .. } if topic != "login" => Some(topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(subs.len(), 7);
+        assert!(subs.iter().all(|s| !s.contains('+')));
+        // The UUID goes out only after the last SUBACK.
+        for (i, sub) in subs.iter().enumerate() {
+            assert_eq!(e.phase(), Phase::SubscribingReplies, "after {i} SUBACKs");
+            e.handle_subscribed(sub, Some(QoS::AtLeastOnce), t);
+        }
+        assert_eq!(e.phase(), Phase::Delaying);
+        assert_eq!(e.report().expected_qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn sends_within_the_window_and_checks_replies() {
+        let t = Instant::now();
+        let mut e = delaying(settings(), t);
+        e.handle_timeout(t + Duration::from_millis(99));
+        assert_eq!(actions(&mut e), []);
+        let start = t + Duration::from_millis(100);
+        e.handle_timeout(start);
+        assert_eq!(e.phase(), Phase::Sending);
+        let mut queue: VecDeque<String> = sent(&actions(&mut e)).into();
+        assert_eq!(queue.len(), 3, "window");
+        let mut now = start;
+        let mut seen = 0;
+        for _ in 0..10 {
+            let Some(command) = queue.pop_front() else {
+                break;
+            };
+            seen += 1;
+            now += Duration::from_millis(2);
+            e.handle_message(
+                &format!("{UUID}/{command}"),
+                answer(&command).as_bytes(),
+                QoS::ExactlyOnce,
+                now,
+            );
+            queue.extend(sent(&actions(&mut e)));
+        }
+        assert_eq!(seen, 7);
+        assert_eq!(e.phase(), Phase::Finished);
+        let report = e.report();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.totals().sent, 7);
+        assert_eq!(report.totals().p50(), Some(Duration::from_millis(2 * 3)));
+    }
+
+    #[test]
+    fn completion_is_sent_when_all_are_answered() {
+        let t = Instant::now();
+        let mut e = delaying(
+            ExaminerSettings {
+                commands: 1,
+                ..settings()
+            },
+            t,
+        );
+        e.handle_timeout(t + Duration::from_millis(100));
+        let command = sent(&actions(&mut e)).remove(0);
+        e.handle_message(
+            &format!("{UUID}/{command}"),
+            answer(&command).as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
+        assert_eq!(
+            actions(&mut e),
+            [
+                publish(UUID, "Well done my IoT!", QoS::ExactlyOnce),
+                Action::Finished
+            ]
+        );
+        assert_eq!(e.poll_timeout(), None);
+        // A reply after the end is late, not counted.
+        e.handle_message(&format!("{UUID}/{command}"), b"x", QoS::ExactlyOnce, t);
+        assert_eq!(e.report().late, 1);
+        assert!(e.report().passed());
+    }
+
+    #[test]
+    fn zero_commands_complete_after_the_delay() {
+        let t = Instant::now();
+        let mut e = delaying(
+            ExaminerSettings {
+                commands: 0,
+                ..settings()
+            },
+            t,
+        );
+        e.handle_timeout(t + Duration::from_millis(100));
+        assert_eq!(
+            actions(&mut e),
+            [
+                publish(UUID, "Well done my IoT!", QoS::ExactlyOnce),
+                Action::Finished
+            ]
+        );
+        assert!(e.report().passed());
+    }
+
+    #[test]
+    fn wrong_duplicate_and_mismatched_replies_fail() {
+        let t = Instant::now();
+        let mut e = delaying(
+            ExaminerSettings {
+                commands: 3,
+                ..settings()
+            },
+            t,
+        );
+        e.handle_timeout(t + Duration::from_millis(100));
+        let commands = sent(&actions(&mut e));
+        let topic = |c: &str| format!("{UUID}/{c}");
+        e.handle_message(&topic(&commands[0]), b"Wrong", QoS::ExactlyOnce, t);
+        e.handle_message(
+            &topic(&commands[1]),
+            answer(&commands[1]).as_bytes(),
+            QoS::AtLeastOnce,
+            t,
+        );
+        // CMD8 is not in the table: its topic is merely unexpected.
+        e.handle_message(&topic("CMD8"), b"Apple", QoS::ExactlyOnce, t);
+        let unsent = ["CMD1", "CMD2", "CMD3", "CMD4", "CMD5", "CMD6", "CMD7"]
+            .into_iter()
+            .find(|c| !commands.iter().any(|s| s == c))
+            .unwrap();
+        e.handle_message(
+            &topic(unsent),
+            answer(unsent).as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
+        let report = e.report();
+        let total = report.totals();
+        assert_eq!(
+            (total.wrong, total.qos_mismatches, total.duplicates),
+            (1, 1, 1)
+        );
+        assert_eq!(report.unexpected, 1);
+        assert_eq!(total.missing(), 1);
+        assert!(!report.passed());
+        let text = report.to_string();
+        assert!(
+            text.contains("FAIL: 1 missing, 1 duplicate, 1 wrong, 1 at the wrong QoS"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reply_timeout_gives_up_and_reports_what_is_missing() {
+        let t = Instant::now();
+        let mut e = delaying(settings(), t);
+        let start = t + Duration::from_millis(100);
+        e.handle_timeout(start);
+        let first = sent(&actions(&mut e)).remove(0);
+        assert_eq!(e.poll_timeout(), Some(start + Duration::from_secs(10)));
+        // Progress pushes the deadline out.
+        let later = start + Duration::from_secs(5);
+        e.handle_message(
+            &format!("{UUID}/{first}"),
+            answer(&first).as_bytes(),
+            QoS::ExactlyOnce,
+            later,
+        );
+        actions(&mut e);
+        assert_eq!(e.poll_timeout(), Some(later + Duration::from_secs(10)));
+        e.handle_timeout(later + Duration::from_secs(10));
+        assert_eq!(
+            actions(&mut e),
+            [
+                publish(UUID, "Well done my IoT!", QoS::ExactlyOnce),
+                Action::Finished
+            ]
+        );
+        let report = e.report();
+        assert!(report.timed_out);
+        assert_eq!(report.totals().missing(), 3);
+        assert!(!report.passed());
+    }
+
+    #[test]
+    fn a_refused_subscription_gives_up() {
+        let t = Instant::now();
+        let mut e = Examiner::new(settings(), t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        actions(&mut e);
+        e.handle_subscribed(&format!("{UUID}/+"), None, t);
+        assert_eq!(actions(&mut e), [Action::Finished]);
+        let report = e.report();
+        assert!(report.failure.is_some());
+        assert!(!report.passed());
+    }
+
+    #[test]
+    fn reconnect_resubscribes_what_the_run_needs() {
+        let t = Instant::now();
+        let mut e = delaying(settings(), t);
+        e.handle_disconnected(t);
+        e.handle_connected(false, QoS::AtLeastOnce, t);
+        assert_eq!(
+            actions(&mut e),
+            [
+                Action::Subscribe {
+                    topic: "login".to_owned(),
+                    qos: QoS::AtLeastOnce
+                },
+                Action::Subscribe {
+                    topic: format!("{UUID}/+"),
+                    qos: QoS::AtLeastOnce
+                }
+            ]
+        );
+        e.handle_disconnected(t);
+        e.handle_connected(true, QoS::ExactlyOnce, t);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.phase(), Phase::Delaying);
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut row = CommandReport::new("x");
+        assert_eq!(row.p50(), None);
+        row.latencies = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(row.p50(), Some(Duration::from_millis(50)));
+        assert_eq!(row.p99(), Some(Duration::from_millis(99)));
+        assert_eq!(row.percentile(1.0), Some(Duration::from_millis(100)));
+        assert_eq!(row.percentile(0.0), Some(Duration::from_millis(1)));
+    }
+
+    /// Which machine a subscription belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Side {
+        Responder,
+        Examiner,
+    }
+
+    /// Whether `filter` (exact levels or single-level `+`) matches `topic`.
+    fn matches(filter: &str, topic: &str) -> bool {
+        let mut f = filter.split('/');
+        let mut t = topic.split('/');
+        loop {
+            match (f.next(), t.next()) {
+                (None, None) => return true,
+                (Some(fl), Some(tl)) if fl == "+" || fl == tl => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// A tiny in-memory broker between the two machines: instant delivery and acks, QoS
+    /// downgraded to the subscription's, on a simulated clock.
+    struct Pair {
+        now: Instant,
+        start: Instant,
+        responder: Responder,
+        examiner: Examiner,
+        /// The broker's maximum QoS.
+        broker_qos: QoS,
+        subs: Vec<(String, QoS, Side)>,
+        next_id: u64,
+        responder_done: bool,
+        examiner_done: bool,
+        /// When the UUID was published and the first command delivered.
+        uuid_at: Option<Instant>,
+        first_command_at: Option<Instant>,
+        replies_published: u64,
+    }
+
+    impl Pair {
+        fn new(
+            session: &crate::config::Session,
+            replies: &ReplyTable,
+            settings: ExaminerSettings,
+        ) -> Pair {
+            let start = Instant::now();
+            Pair {
+                now: start,
+                start,
+                responder: Responder::new(session, replies),
+                examiner: Examiner::new(settings, start).unwrap(),
+                broker_qos: QoS::ExactlyOnce,
+                subs: Vec::new(),
+                next_id: 0,
+                responder_done: false,
+                examiner_done: false,
+                uuid_at: None,
+                first_command_at: None,
+                replies_published: 0,
+            }
+        }
+
+        /// Runs both machines to the end (both finished), within a bounded number of rounds.
+        fn run(&mut self) {
+            // The examiner first, so its login subscription is in place.
+            self.examiner
+                .handle_connected(false, self.broker_qos, self.now);
+            self.step();
+            self.responder
+                .handle_connected(false, self.broker_qos, self.now);
+            for _ in 0..1_000_000 {
+                if self.step() {
+                    continue;
+                }
+                if self.responder_done && self.examiner_done {
+                    return;
+                }
+                let next = [self.responder.poll_timeout(), self.examiner.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("both idle with no deadline: stuck");
+                assert!(
+                    next - self.start < Duration::from_secs(3600),
+                    "runaway clock"
+                );
+                self.now = self.now.max(next);
+                self.responder.handle_timeout(self.now);
+                self.examiner.handle_timeout(self.now);
+            }
+            panic!("no end within the round limit");
+        }
+
+        /// Delivers everything both machines asked for; false when there was nothing.
+        fn step(&mut self) -> bool {
+            let mut progressed = false;
+            while let Some(action) = self.responder.poll_action() {
+                progressed = true;
+                match action {
+                    responder::Action::Subscribe { topic, qos } => {
+                        let granted = qos.min(self.broker_qos);
+                        self.add_sub(&topic, granted, Side::Responder);
+                        self.responder
+                            .handle_subscribed(&topic, Some(granted), self.now);
+                    }
+                    responder::Action::Publish(out) => {
+                        self.deliver(&out.topic, &out.payload, out.qos);
+                        if let OutgoingKind::Reply { in_reply_to, .. } = out.kind {
+                            self.replies_published += 1;
+                            self.responder.handle_delivered(in_reply_to, self.now);
+                        }
+                    }
+                    responder::Action::Ack(_) => {}
+                    responder::Action::Disconnect => {
+                        self.responder_done = true;
+                        self.subs.retain(|s| s.2 != Side::Responder);
+                    }
+                }
+            }
+            while let Some(action) = self.examiner.poll_action() {
+                progressed = true;
+                match action {
+                    Action::Subscribe { topic, qos } => {
+                        let granted = qos.min(self.broker_qos);
+                        self.add_sub(&topic, granted, Side::Examiner);
+                        self.examiner
+                            .handle_subscribed(&topic, Some(granted), self.now);
+                    }
+                    Action::Publish {
+                        topic,
+                        payload,
+                        qos,
+                    } => {
+                        if topic.ends_with("/UUID") {
+                            self.uuid_at.get_or_insert(self.now);
+                        } else if payload.starts_with(b"CMD") {
+                            self.first_command_at.get_or_insert(self.now);
+                        }
+                        self.deliver(&topic, &payload, qos);
+                    }
+                    Action::Finished => self.examiner_done = true,
+                }
+            }
+            progressed
+        }
+
+        fn add_sub(&mut self, filter: &str, qos: QoS, side: Side) {
+            self.subs.retain(|(f, _, s)| !(f == filter && *s == side));
+            self.subs.push((filter.to_owned(), qos, side));
+        }
+
+        fn deliver(&mut self, topic: &str, payload: &[u8], qos: QoS) {
+            let targets: Vec<(QoS, Side)> = self
+                .subs
+                .iter()
+                .filter(|(filter, _, _)| matches(filter, topic))
+                .map(|(_, granted, side)| (qos.min(*granted), *side))
+                .collect();
+            for (qos, side) in targets {
+                match side {
+                    Side::Responder => {
+                        self.next_id += 1;
+                        let id = MessageId(self.next_id);
+                        self.responder.handle_message(id, topic, payload, self.now);
+                    }
+                    Side::Examiner => self.examiner.handle_message(topic, payload, qos, self.now),
+                }
+            }
+        }
+    }
+
+    fn pair_settings(n: usize, qos: QoS, seed: u64) -> ExaminerSettings {
+        ExaminerSettings {
+            commands: n,
+            qos,
+            seed,
+            uuid: None,
+            window: 20,
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn matcher() {
+        assert!(matches("a/+", "a/b"));
+        assert!(matches("a/b", "a/b"));
+        assert!(!matches("a/+", "a"));
+        assert!(!matches("a/+", "a/b/c"));
+        assert!(!matches("a", "a/b"));
+    }
+
+    #[test]
+    fn pair_runs_pass_at_every_qos() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for n in [7, 1000] {
+                let mut s = session();
+                s.qos = qos;
+                let mut pair = Pair::new(&s, &ReplyTable::seed(), pair_settings(n, qos, n as u64));
+                pair.run();
+                let report = pair.examiner.report();
+                assert!(report.passed(), "qos {qos}, n {n}:\n{report}");
+                assert_eq!(report.totals().sent, n as u64);
+                assert_eq!(report.totals().answered, n as u64);
+                assert_eq!(report.expected_qos, qos);
+                assert_eq!(pair.responder.phase(), responder::Phase::Finished);
+                assert_eq!(pair.responder.uuid(), Some(report.uuid.as_str()));
+                let answered: u64 = pair.responder.stats().answered.iter().map(|r| r.1).sum();
+                assert_eq!(answered, n as u64);
+                assert_eq!(pair.replies_published, n as u64);
+                // Each of 7 commands is picked for N = 1000.
+                if n == 1000 {
+                    assert!(report.commands.iter().all(|c| c.sent > 50), "{report}");
+                }
+                let (uuid_at, first) = (pair.uuid_at.unwrap(), pair.first_command_at.unwrap());
+                assert_eq!(
+                    first - uuid_at,
+                    Duration::from_millis(100),
+                    "delay respected"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pair_run_is_capped_by_the_broker() {
+        let mut pair = Pair::new(
+            &session(),
+            &ReplyTable::seed(),
+            pair_settings(50, QoS::ExactlyOnce, 3),
+        );
+        pair.broker_qos = QoS::AtLeastOnce;
+        pair.run();
+        let report = pair.examiner.report();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.expected_qos, QoS::AtLeastOnce);
+        assert_eq!(pair.responder.effective_qos(), QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn pair_run_with_a_wrong_reply_table_fails() {
+        let mut expected = ReplyTable::seed();
+        expected.0[2].1 = "Cow".to_owned();
+        let settings = ExaminerSettings {
+            replies: expected,
+            ..pair_settings(100, QoS::ExactlyOnce, 9)
+        };
+        let mut pair = Pair::new(&session(), &ReplyTable::seed(), settings);
+        pair.run();
+        let report = pair.examiner.report();
+        assert!(!report.passed());
+        assert_eq!(report.commands[2].wrong, report.commands[2].sent);
+        assert!(report.commands[2].sent > 0);
+        assert_eq!(report.totals().missing(), 0);
+        assert_eq!(pair.responder.phase(), responder::Phase::Finished);
+    }
+
+    #[test]
+    fn pair_run_with_a_lower_responder_qos_fails() {
+        let mut s = session();
+        s.qos = QoS::AtLeastOnce;
+        let mut pair = Pair::new(
+            &s,
+            &ReplyTable::seed(),
+            pair_settings(20, QoS::ExactlyOnce, 4),
+        );
+        pair.run();
+        let report = pair.examiner.report();
+        assert!(!report.passed());
+        assert_eq!(report.totals().qos_mismatches, 20);
+    }
+
+    #[test]
+    fn pair_run_with_unanswered_commands_times_out() {
+        // The examiner knows a command the responder ignores.
+        let mut expected = ReplyTable::seed();
+        expected.0.push(("CMD8".to_owned(), "Hat".to_owned()));
+        let mut s = session();
+        s.unknown_command = UnknownCommand::Ignore;
+        let settings = ExaminerSettings {
+            replies: expected,
+            ..pair_settings(200, QoS::ExactlyOnce, 5)
+        };
+        let mut pair = Pair::new(&s, &ReplyTable::seed(), settings);
+        pair.run();
+        let report = pair.examiner.report();
+        assert!(report.timed_out);
+        assert!(report.commands[7].missing() > 0);
+        assert!(!report.passed());
+        assert!(report.completion_sent);
+        assert_eq!(pair.responder.phase(), responder::Phase::Finished);
+        assert!(pair.responder.stats().unknown > 0);
+    }
+}
