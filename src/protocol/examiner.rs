@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use super::Shown;
 use crate::config::{ReplyTable, Session};
 use crate::mqtt::QoS;
 use crate::topic::{Template, TopicError, Var, Vars, validate_level};
@@ -454,7 +455,7 @@ impl Examiner {
             .ok()
             .filter(|u| validate_level(u).is_ok())
         else {
-            warn!(payload = ?String::from_utf8_lossy(payload), "ignoring an invalid login");
+            warn!(payload = %Shown(payload), "ignoring an invalid login");
             return;
         };
         if let Some(expected) = self.user_id.as_ref().or(self.settings.user_id.as_ref()) {
@@ -558,7 +559,7 @@ impl Examiner {
             row.wrong += 1;
             warn!(
                 command = %row.command,
-                reply = ?String::from_utf8_lossy(payload),
+                reply = %Shown(payload),
                 "wrong reply"
             );
         }

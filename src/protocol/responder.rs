@@ -3,13 +3,12 @@
 //! completion message drain and disconnect.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::MessageId;
+use super::{MessageId, Shown};
 use crate::config::{ReplyTable, Session, UnknownCommand};
 use crate::mqtt::QoS;
 use crate::topic::{Template, TopicError, Vars, validate_level};
@@ -96,8 +95,6 @@ pub struct Stats {
 const FIRST_RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// Longest delay between attempts at a refused subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(60);
-/// Peer-controlled text in log lines is cut to this many characters.
-const SHOWN_CHARS: usize = 64;
 /// Distinct unknown commands counted by name in [`Stats::answered`]; the rest share one row,
 /// so a peer cannot make the summary grow without bound.
 const MAX_UNKNOWN_ROWS: usize = 32;
@@ -588,7 +585,7 @@ impl Responder {
             );
             if self.in_flight.is_empty() {
                 self.finish();
-            } else {
+            } else if self.phase != Phase::Disconnected {
                 self.set_phase(Phase::Draining);
             }
             return;
@@ -781,23 +778,6 @@ impl Responder {
             ),
             Phase::Finished => info!("finished, disconnecting"),
         }
-    }
-}
-
-/// Peer-controlled bytes for a log line: lossy UTF-8, escaped, at most [`SHOWN_CHARS`]
-/// characters.
-struct Shown<'a>(&'a [u8]);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = String::from_utf8_lossy(self.0);
-        let mut chars = text.chars();
-        let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
-        write!(f, "{head:?}")?;
-        if chars.next().is_some() {
-            write!(f, "… ({} bytes)", self.0.len())?;
-        }
-        Ok(())
     }
 }
 
@@ -1355,6 +1335,26 @@ mod tests {
     }
 
     #[test]
+    fn completion_delivered_after_a_disconnect_drains_on_reconnect() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_disconnected(t);
+        r.handle_message(MessageId(3), UUID, b"Well done my IoT!", t);
+        assert_eq!(r.phase(), Phase::Disconnected);
+        actions(&mut r);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::Draining);
+        assert_eq!(
+            actions(&mut r),
+            [],
+            "no command subscription while draining"
+        );
+        r.handle_timeout(t + Duration::from_secs(5));
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+    }
+
+    #[test]
     fn uuid_received_while_disconnected_is_kept() {
         let t = Instant::now();
         let mut r = waiting(&session(), t);
@@ -1365,15 +1365,5 @@ mod tests {
         r.handle_connected(true, QoS::ExactlyOnce, t);
         assert_eq!(r.phase(), Phase::SubscribingCommands);
         assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
-    }
-
-    #[test]
-    fn shown_escapes_and_truncates() {
-        assert_eq!(Shown(b"a\0b").to_string(), r#""a\0b""#);
-        let long = "y".repeat(100);
-        let shown = Shown(long.as_bytes()).to_string();
-        assert!(shown.starts_with(&format!("\"{}\"", "y".repeat(64))));
-        assert!(shown.ends_with("(100 bytes)"));
-        assert_eq!(Shown(b"\xff").to_string(), "\"\u{fffd}\"");
     }
 }
