@@ -12,3 +12,70 @@ pub mod responder;
 /// protocol in its actions so the session can acknowledge the right message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
+
+/// Peer-controlled text in log lines is cut to this many characters.
+const SHOWN_CHARS: usize = 64;
+
+/// Peer-controlled bytes for a log line: lossy UTF-8, escaped, at most [`SHOWN_CHARS`]
+/// characters.
+pub(crate) struct Shown<'a>(&'a [u8]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = String::from_utf8_lossy(self.0);
+        let mut chars = text.chars();
+        let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
+        write!(f, "{head:?}")?;
+        if chars.next().is_some() {
+            write!(f, "… ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Helpers shared by the tests of both machines.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    use crate::config::{Session, UnknownCommand};
+    use crate::mqtt::QoS;
+    use crate::topic::{Template, Var};
+
+    /// `[session]` with SPEC §3's defaults.
+    pub(crate) fn session() -> Session {
+        let all = [Var::UserId, Var::Uuid, Var::Command];
+        let template = |s: &str, allowed: &[Var]| Template::parse(s, allowed).expect("template");
+        Session {
+            user_id: "2547841".to_owned(),
+            login_topic: template("login", &all[..1]),
+            uuid_topic: template("{user_id}/UUID", &all[..1]),
+            command_topic: template("{uuid}", &all[..2]),
+            reply_topic: template("{uuid}/{command}", &all),
+            completion_message: "Well done my IoT!".to_owned(),
+            qos: QoS::ExactlyOnce,
+            login_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+            max_payload_bytes: 65536,
+            unknown_command: UnknownCommand::Ignore,
+            status_topic: Some(template("{user_id}/status", &all[..1])),
+            status_interval: Duration::from_secs(60),
+            state_dir: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shown;
+
+    #[test]
+    fn shown_escapes_and_truncates() {
+        assert_eq!(Shown(b"a\0b").to_string(), r#""a\0b""#);
+        let long = "y".repeat(100);
+        let shown = Shown(long.as_bytes()).to_string();
+        assert!(shown.starts_with(&format!("\"{}\"", "y".repeat(64))));
+        assert!(shown.ends_with("(100 bytes)"));
+        assert_eq!(Shown(b"\xff").to_string(), "\"\u{fffd}\"");
+    }
+}

@@ -3,13 +3,12 @@
 //! completion message drain and disconnect.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::MessageId;
+use super::{MessageId, Shown};
 use crate::config::{ReplyTable, Session, UnknownCommand};
 use crate::mqtt::QoS;
 use crate::topic::{Template, TopicError, Vars, validate_level};
@@ -96,8 +95,6 @@ pub struct Stats {
 const FIRST_RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// Longest delay between attempts at a refused subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(60);
-/// Peer-controlled text in log lines is cut to this many characters.
-const SHOWN_CHARS: usize = 64;
 /// Distinct unknown commands counted by name in [`Stats::answered`]; the rest share one row,
 /// so a peer cannot make the summary grow without bound.
 const MAX_UNKNOWN_ROWS: usize = 32;
@@ -482,9 +479,15 @@ impl Responder {
         self.in_flight.len()
     }
 
-    /// A message on the UUID topic.
+    /// A message on the UUID topic. It is acknowledged after the SUBSCRIBE it may cause, so
+    /// the command subscription is on its way before the peer learns we have the UUID.
     fn uuid_message(&mut self, id: MessageId, payload: &[u8], now: Instant) {
+        self.take_uuid(payload, now);
         self.actions.push_back(Action::Ack(id));
+    }
+
+    fn take_uuid(&mut self, payload: &[u8], now: Instant) {
+        let _ = now;
         if let Some(accepted) = &self.accepted {
             if payload == accepted.uuid.as_bytes() {
                 debug!("the UUID again; already using it");
@@ -505,7 +508,6 @@ impl Responder {
                 return;
             }
         };
-        let _ = now;
         info!(uuid = %accepted.uuid, "UUID received");
         self.accepted = Some(accepted);
         self.timers.stop(Timer::LoginTimeout);
@@ -583,7 +585,7 @@ impl Responder {
             );
             if self.in_flight.is_empty() {
                 self.finish();
-            } else {
+            } else if self.phase != Phase::Disconnected {
                 self.set_phase(Phase::Draining);
             }
             return;
@@ -779,19 +781,589 @@ impl Responder {
     }
 }
 
-/// Peer-controlled bytes for a log line: lossy UTF-8, escaped, at most [`SHOWN_CHARS`]
-/// characters.
-struct Shown<'a>(&'a [u8]);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testing::session;
+    use crate::topic::Var;
 
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = String::from_utf8_lossy(self.0);
-        let mut chars = text.chars();
-        let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
-        write!(f, "{head:?}")?;
-        if chars.next().is_some() {
-            write!(f, "… ({} bytes)", self.0.len())?;
+    const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
+
+    fn actions(r: &mut Responder) -> Vec<Action> {
+        std::iter::from_fn(|| r.poll_action()).collect()
+    }
+
+    fn sub(topic: &str, qos: QoS) -> Action {
+        Action::Subscribe {
+            topic: topic.to_owned(),
+            qos,
         }
-        Ok(())
+    }
+
+    fn login(qos: QoS) -> Action {
+        Action::Publish(Outgoing {
+            topic: "login".to_owned(),
+            payload: Bytes::from_static(b"2547841"),
+            qos,
+            kind: OutgoingKind::Login,
+        })
+    }
+
+    fn reply(command: &str, text: &'static str, id: u64, qos: QoS) -> Action {
+        Action::Publish(Outgoing {
+            topic: format!("{UUID}/{command}"),
+            payload: Bytes::from_static(text.as_bytes()),
+            qos,
+            kind: OutgoingKind::Reply {
+                command: command.to_owned(),
+                in_reply_to: MessageId(id),
+            },
+        })
+    }
+
+    fn ms(base: Instant, n: u64) -> Instant {
+        base + Duration::from_millis(n)
+    }
+
+    /// A responder that has logged in and is waiting for the UUID.
+    fn waiting(session: &Session, now: Instant) -> Responder {
+        let mut r = Responder::new(session, &ReplyTable::seed());
+        r.handle_connected(false, QoS::ExactlyOnce, now);
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), now);
+        assert_eq!(r.phase(), Phase::WaitingForUuid);
+        actions(&mut r);
+        r
+    }
+
+    /// A responder answering on [`UUID`].
+    fn answering(session: &Session, now: Instant) -> Responder {
+        let mut r = waiting(session, now);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), now);
+        assert_eq!(r.phase(), Phase::Answering);
+        actions(&mut r);
+        r
+    }
+
+    #[test]
+    fn happy_path() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        assert_eq!(r.phase(), Phase::Disconnected);
+        assert_eq!(r.poll_timeout(), None);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::SubscribingUuid);
+        assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::ExactlyOnce)]);
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), t);
+        assert_eq!(r.phase(), Phase::WaitingForUuid);
+        assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
+        assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(30)));
+
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), ms(t, 10));
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(r.uuid(), Some(UUID));
+        assert_eq!(r.poll_timeout(), None, "login timer cancelled");
+        assert_eq!(
+            actions(&mut r),
+            [sub(UUID, QoS::ExactlyOnce), Action::Ack(MessageId(1))]
+        );
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), ms(t, 11));
+        assert_eq!(r.phase(), Phase::Answering);
+
+        r.handle_message(MessageId(2), UUID, b"CMD4", ms(t, 3000));
+        r.handle_message(MessageId(3), UUID, b"CMD4", ms(t, 3001));
+        assert_eq!(
+            actions(&mut r),
+            [
+                reply("CMD4", "Rat", 2, QoS::ExactlyOnce),
+                reply("CMD4", "Rat", 3, QoS::ExactlyOnce)
+            ]
+        );
+        assert_eq!(r.outstanding(), 2);
+        r.handle_delivered(MessageId(2), ms(t, 3002));
+        r.handle_delivered(MessageId(3), ms(t, 3002));
+        r.handle_delivered(MessageId(3), ms(t, 3002)); // unknown now: ignored
+        assert_eq!(r.outstanding(), 0);
+        assert_eq!(r.stats().answered[3], ("CMD4".to_owned(), 2));
+
+        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", ms(t, 4000));
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(4)), Action::Disconnect]
+        );
+        assert_eq!(r.phase(), Phase::Finished);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn every_table_command_is_answered_with_its_reply() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        let table = ReplyTable::seed();
+        for (i, (command, text)) in table.0.iter().enumerate() {
+            let id = 10 + i as u64;
+            r.handle_message(MessageId(id), UUID, command.as_bytes(), t);
+            let Some(Action::Publish(out)) = r.poll_action() else {
+                panic!("no reply to {command}");
+            };
+            assert_eq!(out.topic, format!("{UUID}/{command}"));
+            assert_eq!(out.payload, text.as_bytes());
+            r.handle_delivered(MessageId(id), t);
+        }
+        assert!(r.stats().answered.iter().all(|(_, n)| *n == 1));
+        assert_eq!(r.stats().answered.len(), 7);
+    }
+
+    #[test]
+    fn hostile_uuids_are_rejected_without_subscribing() {
+        let t = Instant::now();
+        let long = "x".repeat(257);
+        let hostile: [&[u8]; 9] = [
+            b"",
+            b"+",
+            b"#",
+            b"a/b",
+            b"abc+",
+            b"a\0b",
+            long.as_bytes(),
+            b"\xff\xfe",
+            b"/",
+        ];
+        for payload in hostile {
+            let mut r = waiting(&session(), t);
+            r.handle_message(MessageId(7), "2547841/UUID", payload, t);
+            assert_eq!(actions(&mut r), [Action::Ack(MessageId(7))], "{payload:?}");
+            assert_eq!(r.phase(), Phase::WaitingForUuid);
+            assert_eq!(r.uuid(), None);
+            assert!(
+                r.poll_timeout().is_some(),
+                "still waiting with a login timer"
+            );
+        }
+        // The longest valid level is accepted.
+        let mut r = waiting(&session(), t);
+        let longest = "x".repeat(256);
+        r.handle_message(MessageId(7), "2547841/UUID", longest.as_bytes(), t);
+        assert_eq!(
+            actions(&mut r),
+            [sub(&longest, QoS::ExactlyOnce), Action::Ack(MessageId(7))]
+        );
+    }
+
+    #[test]
+    fn uuid_rejected_when_a_rendered_topic_is_invalid() {
+        let t = Instant::now();
+        let mut s = session();
+        // A command topic longer than MQTT allows once the UUID is in it.
+        let prefix = "p/".repeat(32767);
+        s.command_topic = Template::parse(&format!("{prefix}{{uuid}}"), &[Var::Uuid]).unwrap();
+        let mut r = waiting(&s, t);
+        r.handle_message(MessageId(1), "2547841/UUID", b"abc", t);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(1))]);
+        assert_eq!(r.uuid(), None);
+    }
+
+    #[test]
+    fn first_uuid_wins() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(5), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(MessageId(6), "2547841/UUID", b"other-uuid", t);
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(5)), Action::Ack(MessageId(6))]
+        );
+        assert_eq!(r.uuid(), Some(UUID));
+        assert_eq!(r.phase(), Phase::Answering);
+    }
+
+    #[test]
+    fn uuid_before_its_suback_skips_the_login() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        actions(&mut r);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(
+            actions(&mut r),
+            [sub(UUID, QoS::ExactlyOnce), Action::Ack(MessageId(1))]
+        );
+        // The late SUBACK still caps the QoS but does not log in.
+        r.handle_subscribed("2547841/UUID", Some(QoS::AtLeastOnce), t);
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.effective_qos(), QoS::AtLeastOnce);
+        assert_eq!(r.poll_timeout(), None);
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), t);
+        assert_eq!(r.phase(), Phase::Answering);
+    }
+
+    #[test]
+    fn commands_before_the_command_suback_are_answered() {
+        let t = Instant::now();
+        let mut r = waiting(&session(), t);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        actions(&mut r);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        assert_eq!(
+            actions(&mut r),
+            [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
+        );
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+    }
+
+    #[test]
+    fn refused_subscriptions_are_retried_with_doubling_delay() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        actions(&mut r);
+        let mut now = t;
+        let mut expected = Duration::from_millis(500);
+        for _ in 0..10 {
+            r.handle_subscribed("2547841/UUID", None, now);
+            assert_eq!(actions(&mut r), []);
+            assert_eq!(r.phase(), Phase::SubscribingUuid);
+            assert_eq!(r.poll_timeout(), Some(now + expected));
+            now += expected;
+            r.handle_timeout(now - Duration::from_millis(1));
+            assert_eq!(actions(&mut r), [], "not due yet");
+            r.handle_timeout(now);
+            assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::ExactlyOnce)]);
+            expected = (expected * 2).min(Duration::from_secs(60));
+        }
+        assert_eq!(expected, Duration::from_secs(60));
+        // Success resets the delay; the command subscription starts again at 500 ms.
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), now);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        actions(&mut r);
+        r.handle_subscribed(UUID, None, now);
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(r.poll_timeout(), Some(now + Duration::from_millis(500)));
+        r.handle_timeout(now + Duration::from_millis(500));
+        assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), now);
+        assert_eq!(r.phase(), Phase::Answering);
+    }
+
+    #[test]
+    fn subacks_not_pending_are_ignored() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_subscribed(UUID, None, t);
+        r.handle_subscribed("2547841/UUID", None, t);
+        r.handle_subscribed("elsewhere", Some(QoS::AtMostOnce), t);
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(r.effective_qos(), QoS::ExactlyOnce);
+        assert_eq!(r.phase(), Phase::Answering);
+    }
+
+    #[test]
+    fn qos_is_capped_by_the_broker_and_by_subacks() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.handle_connected(false, QoS::AtLeastOnce, t);
+        assert_eq!(r.effective_qos(), QoS::AtLeastOnce);
+        assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::AtLeastOnce)]);
+        r.handle_subscribed("2547841/UUID", Some(QoS::AtMostOnce), t);
+        assert_eq!(r.effective_qos(), QoS::AtMostOnce);
+        assert_eq!(actions(&mut r), [login(QoS::AtMostOnce)]);
+
+        // A SUBACK granting 1 caps replies at 1.
+        let mut r = waiting(&session(), t);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_subscribed(UUID, Some(QoS::AtLeastOnce), t);
+        actions(&mut r);
+        r.handle_message(MessageId(2), UUID, b"CMD2", t);
+        assert_eq!(actions(&mut r), [reply("CMD2", "Cat", 2, QoS::AtLeastOnce)]);
+
+        // Configured QoS 0 is never raised.
+        let mut s = session();
+        s.qos = QoS::AtMostOnce;
+        let mut r = Responder::new(&s, &ReplyTable::seed());
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::AtMostOnce)]);
+    }
+
+    #[test]
+    fn login_timeout_logs_in_again() {
+        let t = Instant::now();
+        let mut r = waiting(&session(), t);
+        let deadline = t + Duration::from_secs(30);
+        r.handle_timeout(deadline - Duration::from_millis(1));
+        assert_eq!(actions(&mut r), []);
+        r.handle_timeout(deadline);
+        assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
+        assert_eq!(r.poll_timeout(), Some(deadline + Duration::from_secs(30)));
+        assert_eq!(r.phase(), Phase::WaitingForUuid);
+    }
+
+    #[test]
+    fn unknown_commands_are_ignored_by_default() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD8", t);
+        r.handle_message(MessageId(3), UUID, b"#", t);
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(2)), Action::Ack(MessageId(3))]
+        );
+        assert_eq!(r.stats().unknown, 2);
+        assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn unknown_commands_get_the_unknown_reply_on_a_safe_topic_only() {
+        let t = Instant::now();
+        let mut s = session();
+        s.unknown_command = UnknownCommand::Reply("UNKNOWN".to_owned());
+        let mut r = answering(&s, t);
+        r.handle_message(MessageId(2), UUID, b"CMD8", t);
+        assert_eq!(
+            actions(&mut r),
+            [reply("CMD8", "UNKNOWN", 2, QoS::ExactlyOnce)]
+        );
+        r.handle_delivered(MessageId(2), t);
+        assert_eq!(r.stats().answered.last(), Some(&("CMD8".to_owned(), 1)));
+        for (id, hostile) in [b"#".as_slice(), b"+", b"a/b", b"a\0", b"CMD+"]
+            .into_iter()
+            .enumerate()
+        {
+            let id = MessageId(10 + id as u64);
+            r.handle_message(id, UUID, hostile, t);
+            assert_eq!(actions(&mut r), [Action::Ack(id)], "{hostile:?}");
+        }
+        assert_eq!(r.stats().unknown, 6);
+        assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn unknown_command_rows_are_bounded() {
+        let t = Instant::now();
+        let mut s = session();
+        s.unknown_command = UnknownCommand::Reply("UNKNOWN".to_owned());
+        let mut r = answering(&s, t);
+        for i in 0..100u64 {
+            let command = format!("X{i}");
+            r.handle_message(MessageId(100 + i), UUID, command.as_bytes(), t);
+            r.handle_delivered(MessageId(100 + i), t);
+        }
+        let rows = &r.stats().answered;
+        assert_eq!(rows.len(), 7 + MAX_UNKNOWN_ROWS + 1);
+        assert_eq!(rows.last(), Some(&(OTHER_UNKNOWN_ROW.to_owned(), 68)));
+    }
+
+    #[test]
+    fn bad_payloads_are_dropped() {
+        let t = Instant::now();
+        let mut s = session();
+        s.max_payload_bytes = 8;
+        s.unknown_command = UnknownCommand::Reply("UNKNOWN".to_owned());
+        let mut r = answering(&s, t);
+        for (i, payload) in [b"".as_slice(), b"123456789", b"CMD\xff"]
+            .into_iter()
+            .enumerate()
+        {
+            let id = MessageId(i as u64 + 2);
+            r.handle_message(id, UUID, payload, t);
+            assert_eq!(actions(&mut r), [Action::Ack(id)], "{payload:?}");
+        }
+        assert_eq!(r.stats().dropped, 3);
+        // Exactly the limit is accepted (and answered as unknown here).
+        r.handle_message(MessageId(9), UUID, b"12345678", t);
+        assert_eq!(
+            actions(&mut r),
+            [reply("12345678", "UNKNOWN", 9, QoS::ExactlyOnce)]
+        );
+        assert_eq!(r.stats().dropped, 3);
+    }
+
+    #[test]
+    fn unexpected_topics_are_counted_and_acked() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), "somewhere/else", b"CMD1", t);
+        r.handle_message(MessageId(3), &format!("{UUID}/CMD1"), b"CMD1", t);
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(2)), Action::Ack(MessageId(3))]
+        );
+        assert_eq!(r.stats().unexpected, 2);
+        // Before the UUID is known, its future command topic is unexpected too.
+        let mut r = waiting(&session(), t);
+        r.handle_message(MessageId(4), UUID, b"CMD1", t);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(4))]);
+        assert_eq!(r.stats().unexpected, 1);
+    }
+
+    #[test]
+    fn a_repeated_message_id_is_answered_once() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        assert_eq!(
+            actions(&mut r),
+            [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
+        );
+    }
+
+    #[test]
+    fn completion_waits_for_outstanding_replies() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        actions(&mut r);
+        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        assert_eq!(r.phase(), Phase::Draining);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(4))]);
+        assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(5)));
+        // No new work while draining.
+        r.handle_message(MessageId(5), UUID, b"CMD3", t);
+        r.handle_message(MessageId(6), UUID, b"Well done my IoT!", t);
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(5)), Action::Ack(MessageId(6))]
+        );
+        r.handle_delivered(MessageId(2), t);
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.phase(), Phase::Draining);
+        r.handle_delivered(MessageId(3), t);
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert_eq!(r.phase(), Phase::Finished);
+        assert_eq!(r.poll_timeout(), None);
+        // Nothing happens after the end.
+        r.handle_message(MessageId(7), UUID, b"CMD1", t);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(7))]);
+        assert_eq!(r.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn drain_timeout_disconnects() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        actions(&mut r);
+        r.handle_timeout(t + Duration::from_secs(5));
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert_eq!(r.phase(), Phase::Finished);
+        assert_eq!(r.stats().answered[0].1, 0);
+    }
+
+    #[test]
+    fn reconnect_before_the_uuid_logs_in_again() {
+        let t = Instant::now();
+        for session_present in [false, true] {
+            let mut r = waiting(&session(), t);
+            r.handle_disconnected(t);
+            assert_eq!(r.phase(), Phase::Disconnected);
+            assert_eq!(r.poll_timeout(), None, "login timer cancelled");
+            r.handle_connected(session_present, QoS::ExactlyOnce, ms(t, 100));
+            assert_eq!(r.phase(), Phase::SubscribingUuid);
+            assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::ExactlyOnce)]);
+            r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), ms(t, 100));
+            assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
+            assert_eq!(r.poll_timeout(), Some(ms(t, 30_100)));
+        }
+    }
+
+    #[test]
+    fn suback_from_an_earlier_connection_is_void() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        actions(&mut r);
+        r.handle_disconnected(t);
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), t);
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.phase(), Phase::Disconnected);
+    }
+
+    #[test]
+    fn reconnect_after_the_uuid_resumes_on_it() {
+        let t = Instant::now();
+        // Without a session: subscribe to the command topic again, no login.
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        actions(&mut r);
+        r.handle_disconnected(t);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
+        assert_eq!(r.outstanding(), 1, "the session resends in-flight replies");
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), t);
+        assert_eq!(r.phase(), Phase::Answering);
+
+        // With a session: straight back to answering.
+        let mut r = answering(&session(), t);
+        r.handle_disconnected(t);
+        r.handle_connected(true, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::Answering);
+        assert_eq!(actions(&mut r), []);
+
+        // Lost before the command SUBACK: subscribe again even with a session.
+        let mut r = waiting(&session(), t);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        actions(&mut r);
+        r.handle_disconnected(t);
+        r.handle_connected(true, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
+    }
+
+    #[test]
+    fn draining_continues_across_a_reconnect() {
+        let t = Instant::now();
+        for session_present in [false, true] {
+            let mut r = answering(&session(), t);
+            r.handle_message(MessageId(2), UUID, b"CMD1", t);
+            r.handle_message(MessageId(3), UUID, b"Well done my IoT!", t);
+            actions(&mut r);
+            r.handle_disconnected(ms(t, 1000));
+            assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(5)));
+            r.handle_connected(session_present, QoS::ExactlyOnce, ms(t, 2000));
+            assert_eq!(r.phase(), Phase::Draining);
+            assert_eq!(actions(&mut r), []);
+            r.handle_delivered(MessageId(2), ms(t, 2001));
+            assert_eq!(actions(&mut r), [Action::Disconnect]);
+            assert_eq!(r.phase(), Phase::Finished);
+        }
+    }
+
+    #[test]
+    fn completion_delivered_after_a_disconnect_drains_on_reconnect() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_disconnected(t);
+        r.handle_message(MessageId(3), UUID, b"Well done my IoT!", t);
+        assert_eq!(r.phase(), Phase::Disconnected);
+        actions(&mut r);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::Draining);
+        assert_eq!(
+            actions(&mut r),
+            [],
+            "no command subscription while draining"
+        );
+        r.handle_timeout(t + Duration::from_secs(5));
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+    }
+
+    #[test]
+    fn uuid_received_while_disconnected_is_kept() {
+        let t = Instant::now();
+        let mut r = waiting(&session(), t);
+        r.handle_disconnected(t);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(1))]);
+        assert_eq!(r.phase(), Phase::Disconnected);
+        r.handle_connected(true, QoS::ExactlyOnce, t);
+        assert_eq!(r.phase(), Phase::SubscribingCommands);
+        assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
     }
 }
