@@ -14,7 +14,6 @@ use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
 use crate::mqtt::{Protocol, QoS};
 use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Phase, Report};
-use crate::topic::Vars;
 use crate::transport::Endpoint;
 
 /// How the examiner connects.
@@ -31,7 +30,7 @@ pub struct PeerConnection {
 }
 
 /// A message sent to the responder besides the commands (hostile payloads, stray topics),
-/// published right after the UUID, before the first command.
+/// published when the commands start, ahead of the first one.
 #[derive(Debug, Clone)]
 pub struct Noise {
     /// Topic; `None`: the command topic.
@@ -63,7 +62,8 @@ pub async fn run(
 ) -> Result<Report, ExamineError> {
     let now = Instant::now();
     let qos = settings.qos;
-    let examiner = Examiner::new(settings, now).map_err(|e| ExamineError::Settings(e.to_string()))?;
+    let examiner =
+        Examiner::new(settings, now).map_err(|e| ExamineError::Settings(e.to_string()))?;
     let mut session = Session::new(
         SessionConfig {
             protocol: connection.protocol,
@@ -95,9 +95,14 @@ pub async fn run(
             .open()
             .await
             .map_err(|e| ExamineError::Connection(e.to_string()))?;
-        let end =
-            driver::run_connection(stream, &mut session, &mut app, Duration::from_secs(10), &never)
-                .await;
+        let end = driver::run_connection(
+            stream,
+            &mut session,
+            &mut app,
+            Duration::from_secs(10),
+            &never,
+        )
+        .await;
         match end {
             End::Disconnected => return Ok(app.examiner.report()),
             End::Purged => continue,
@@ -130,7 +135,11 @@ struct ExaminerApp {
 
 impl ExaminerApp {
     fn run_actions(&mut self, session: &mut Session, now: Instant) {
-        let before = self.examiner.phase();
+        // Noise goes out when the commands start (the responder is subscribed by then),
+        // ahead of the first command.
+        if self.examiner.phase() == Phase::Sending && !self.noise.is_empty() {
+            self.send_noise(session, now);
+        }
         while let Some(action) = self.examiner.poll_action() {
             match action {
                 Action::Subscribe { topic, qos } => {
@@ -148,9 +157,6 @@ impl ExaminerApp {
                 Action::Finished => self.finished = true,
             }
         }
-        if before != Phase::Delaying && self.examiner.phase() == Phase::Delaying {
-            self.send_noise(session, now);
-        }
         if self.finished && !self.disconnect_sent && session.outstanding() == 0 {
             session.disconnect(now);
             self.disconnect_sent = true;
@@ -158,14 +164,9 @@ impl ExaminerApp {
     }
 
     fn send_noise(&mut self, session: &mut Session, now: Instant) {
-        let report = self.examiner.report();
-        let user_id = report.user_id.unwrap_or_default();
-        let vars = Vars {
-            user_id: &user_id,
-            uuid: self.examiner.uuid(),
-            command: "",
+        let Some(command_topic) = self.examiner.command_topic().map(str::to_owned) else {
+            return;
         };
-        let command_topic = self.examiner.settings().command_topic.render(&vars);
         for noise in std::mem::take(&mut self.noise) {
             let topic = noise.topic.unwrap_or_else(|| command_topic.clone());
             session.publish(publish(topic, noise.payload, self.qos), now);
@@ -208,7 +209,8 @@ impl App for ExaminerApp {
             }
             Event::Message(m) => {
                 let p = &m.publish;
-                self.examiner.handle_message(&p.topic, &p.payload, p.qos, now);
+                self.examiner
+                    .handle_message(&p.topic, &p.payload, p.qos, now);
             }
             Event::Rejected(_, reason) => {
                 tracing::warn!("the broker did not accept an examiner publish: {reason}")

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub mod examine;
 pub mod logging;
 pub mod mqtt;
 pub mod protocol;

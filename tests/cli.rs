@@ -40,12 +40,27 @@ fn config_errors_exit_78_naming_file_and_key() {
     let cases = [
         ("[session]\nuser_id = \"1\"\nqos = 3\n", "session.qos = 3"),
         ("[session]\nuser_id = \"a/b\"\n", "session.user_id"),
-        ("[session]\nuser_id = \"1\"\nuuid_topic = \"{nope}\"\n", "session.uuid_topic"),
-        ("[broker]\nhots = \"x\"\n[session]\nuser_id = \"1\"\n", "broker.hots"),
-        ("[broker]\nport = \"many\"\n[session]\nuser_id = \"1\"\n", "broker.port"),
+        (
+            "[session]\nuser_id = \"1\"\nuuid_topic = \"{nope}\"\n",
+            "session.uuid_topic",
+        ),
+        (
+            "[broker]\nhots = \"x\"\n[session]\nuser_id = \"1\"\n",
+            "broker.hots",
+        ),
+        (
+            "[broker]\nport = \"many\"\n[session]\nuser_id = \"1\"\n",
+            "broker.port",
+        ),
         ("[broker]\n", "session.user_id"),
-        ("[session]\nuser_id = \"1\"\n[replies]\n\"A+\" = \"x\"\n", "replies"),
-        ("[session]\nuser_id = \"1\"\n[log]\nformat = \"xml\"\n", "log.format"),
+        (
+            "[session]\nuser_id = \"1\"\n[replies]\n\"A+\" = \"x\"\n",
+            "replies",
+        ),
+        (
+            "[session]\nuser_id = \"1\"\n[log]\nformat = \"xml\"\n",
+            "log.format",
+        ),
     ];
     for (toml, key) in cases {
         let path = write_config(dir.path(), toml);
@@ -86,7 +101,10 @@ fn check_config_prints_effective_config_without_secrets() {
     let out = run(&["check-config", "--config", path.to_str().unwrap()], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout.contains("client_id = \"mqtt-responder-42\""), "{stdout}");
+    assert!(
+        stdout.contains("client_id = \"mqtt-responder-42\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("<redacted>"), "{stdout}");
     assert!(!stdout.contains(secret) && !stderr(&out).contains(secret));
 
@@ -99,7 +117,10 @@ fn check_config_prints_effective_config_without_secrets() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
-    assert!(all.contains("<redacted>") && !all.contains(env_secret), "{all}");
+    assert!(
+        all.contains("<redacted>") && !all.contains(env_secret),
+        "{all}"
+    );
 
     let pw_file = dir.path().join("pw");
     std::fs::write(&pw_file, format!("{secret}\n")).unwrap();
@@ -117,7 +138,10 @@ fn check_config_prints_effective_config_without_secrets() {
 #[test]
 fn shipped_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/mqtt-responder/config.toml");
-    let out = run(&["check-config", "--config", example.to_str().unwrap()], &[]);
+    let out = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
@@ -138,7 +162,10 @@ fn unreachable_broker_exits_69_after_max_attempts() {
 #[test]
 fn refused_credentials_exit_77_without_a_retry_storm() {
     let broker = require_mosquitto!();
-    let broker = broker.with_user("device", "right-password").start().unwrap();
+    let broker = broker
+        .with_user("device", "right-password")
+        .start()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "{}\n",
@@ -154,8 +181,14 @@ fn refused_credentials_exit_77_without_a_retry_storm() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(77), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "{err}");
-    assert!(err.contains("device") && err.contains(&broker.port().to_string()), "{err}");
-    assert!(!err.contains("wrong-password"), "the password leaked: {err}");
+    assert!(
+        err.contains("device") && err.contains(&broker.port().to_string()),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-password"),
+        "the password leaked: {err}"
+    );
     let log = broker.log_since(mark);
     let attempts = log.matches("New client connected").count();
     assert!(attempts <= 2, "{attempts} CONNECT attempts:\n{log}");

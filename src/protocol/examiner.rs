@@ -427,6 +427,11 @@ impl Examiner {
         self.phase
     }
 
+    /// The topic commands go to, once a login made it known.
+    pub fn command_topic(&self) -> Option<&str> {
+        self.rendered.as_ref().map(|r| r.command_topic.as_str())
+    }
+
     /// The UUID handed out (or to be handed out).
     pub fn uuid(&self) -> &str {
         &self.uuid
