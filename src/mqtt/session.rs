@@ -123,20 +123,20 @@ enum Link {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutState {
+enum Awaiting {
     /// QoS 1 sent, waiting for PUBACK.
-    AwaitAck,
+    Ack,
     /// QoS 2 sent, waiting for PUBREC.
-    AwaitRec,
+    Received,
     /// PUBREL sent, waiting for PUBCOMP: the broker owns the message now.
-    AwaitComp,
+    Complete,
 }
 
 #[derive(Debug)]
 struct OutFlight {
     token: PublishToken,
     publish: Publish,
-    state: OutState,
+    state: Awaiting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,7 +410,7 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish, now),
             Packet::PubAck { pkid, failure } => {
-                self.complete_outgoing(pkid, OutState::AwaitAck, failure, now)
+                self.complete_outgoing(pkid, Awaiting::Ack, failure, now)
             }
             Packet::PubRec { pkid, failure } => self.handle_pubrec(pkid, failure, now),
             Packet::PubRel(pkid) => {
@@ -424,7 +424,7 @@ impl Session {
                 }
                 self.send(&Packet::PubComp(pkid), now);
             }
-            Packet::PubComp(pkid) => self.complete_outgoing(pkid, OutState::AwaitComp, None, now),
+            Packet::PubComp(pkid) => self.complete_outgoing(pkid, Awaiting::Complete, None, now),
             Packet::SubAck { pkid, granted } => {
                 if let Some(i) = self.subscribing.iter().position(|p| *p == pkid) {
                     self.subscribing.swap_remove(i);
@@ -509,8 +509,8 @@ impl Session {
                 continue;
             };
             let packet = match flight.state {
-                OutState::AwaitComp => Packet::PubRel(pkid),
-                OutState::AwaitAck | OutState::AwaitRec => {
+                Awaiting::Complete => Packet::PubRel(pkid),
+                Awaiting::Ack | Awaiting::Received => {
                     let mut publish = flight.publish.clone();
                     publish.dup = true;
                     Packet::Publish(publish)
@@ -537,7 +537,7 @@ impl Session {
         let mut flights: Vec<OutFlight> = self.outgoing.drain().map(|(_, f)| f).collect();
         flights.sort_unstable_by_key(|f| std::cmp::Reverse(f.token));
         for mut flight in flights {
-            if flight.state == OutState::AwaitComp {
+            if flight.state == Awaiting::Complete {
                 // PUBREC received: the broker had it, so it is delivered, not to be repeated.
                 self.events.push_back(Event::Delivered(flight.token));
             } else {
@@ -618,14 +618,14 @@ impl Session {
             return;
         };
         match (flight.state, failure) {
-            (OutState::AwaitRec, Some(reason)) => {
+            (Awaiting::Received, Some(reason)) => {
                 let token = flight.token;
                 self.outgoing.remove(&pkid);
                 self.events.push_back(Event::Rejected(token, reason));
                 self.flush_pending(now);
             }
-            (OutState::AwaitRec | OutState::AwaitComp, None) => {
-                flight.state = OutState::AwaitComp;
+            (Awaiting::Received | Awaiting::Complete, None) => {
+                flight.state = Awaiting::Complete;
                 self.send(&Packet::PubRel(pkid), now);
             }
             _ => {}
@@ -635,7 +635,7 @@ impl Session {
     fn complete_outgoing(
         &mut self,
         pkid: u16,
-        expected: OutState,
+        expected: Awaiting,
         failure: Option<String>,
         now: Instant,
     ) {
@@ -690,9 +690,9 @@ impl Session {
             publish.pkid = pkid;
             self.send(&Packet::Publish(publish.clone()), now);
             let state = if publish.qos == QoS::AtLeastOnce {
-                OutState::AwaitAck
+                Awaiting::Ack
             } else {
-                OutState::AwaitRec
+                Awaiting::Received
             };
             self.outgoing.insert(
                 pkid,
