@@ -69,7 +69,8 @@ mod tests {
             let d = b.next_delay(random);
             assert!(d <= Duration::from_millis(100), "{d:?} for {random}");
         }
-        assert_eq!(b.clone().next_delay(100), Duration::from_millis(0));
+        assert_eq!(b.clone().next_delay(100), Duration::from_millis(100));
+        assert_eq!(b.clone().next_delay(101), Duration::from_millis(0));
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
         assert_eq!(b.next_delay(57), Duration::from_millis(57));
     }
