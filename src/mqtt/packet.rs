@@ -58,8 +58,8 @@ impl fmt::Display for QoS {
     }
 }
 
-use bytes::{Bytes, BytesMut};
 use crate::config::Secret;
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes as m4;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes as m5;
@@ -345,7 +345,9 @@ fn from_q5(qos: m5::QoS) -> QoS {
 }
 
 fn unexpected(name: &str) -> Result<Packet, CodecError> {
-    Err(CodecError::Malformed(format!("unexpected {name} from the broker")))
+    Err(CodecError::Malformed(format!(
+        "unexpected {name} from the broker"
+    )))
 }
 
 fn to_v4(packet: &Packet) -> v4::Packet {
@@ -417,19 +419,21 @@ fn to_v5(packet: &Packet) -> v5::Packet {
                     None,
                 )
             });
-            let login = c.username.as_ref().map(|user| {
-                v5::Login::new(user.clone(), password(c))
-            });
+            let login = c
+                .username
+                .as_ref()
+                .map(|user| v5::Login::new(user.clone(), password(c)));
             v5::Packet::Connect(connect, will, login)
         }
         Packet::Publish(p) => {
-            let properties = (p.response_topic.is_some() || p.correlation_data.is_some()).then(
-                || v5::PublishProperties {
-                    response_topic: p.response_topic.clone(),
-                    correlation_data: p.correlation_data.clone(),
-                    ..Default::default()
-                },
-            );
+            let properties =
+                (p.response_topic.is_some() || p.correlation_data.is_some()).then(|| {
+                    v5::PublishProperties {
+                        response_topic: p.response_topic.clone(),
+                        correlation_data: p.correlation_data.clone(),
+                        ..Default::default()
+                    }
+                });
             v5::Packet::Publish(v5::Publish {
                 dup: p.dup,
                 qos: q5(p.qos),
@@ -446,7 +450,9 @@ fn to_v5(packet: &Packet) -> v5::Packet {
         Packet::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(*pkid, None)),
         Packet::Subscribe { pkid, filters } => {
             let mut sub = v5::Subscribe::new_many(
-                filters.iter().map(|(f, q)| v5::Filter::new(f.clone(), q5(*q))),
+                filters
+                    .iter()
+                    .map(|(f, q)| v5::Filter::new(f.clone(), q5(*q))),
                 None,
             );
             sub.pkid = *pkid;
@@ -551,9 +557,7 @@ fn connect_code_v5(code: v5::ConnectReturnCode) -> ConnectCode {
         C::PacketTooLarge => ConnectCode::Permanent("CONNECT packet too large"),
         C::UnspecifiedError => ConnectCode::Transient("unspecified error"),
         C::MalformedPacket | C::ProtocolError => ConnectCode::Permanent("protocol error"),
-        C::ImplementationSpecificError => {
-            ConnectCode::Transient("implementation specific error")
-        }
+        C::ImplementationSpecificError => ConnectCode::Transient("implementation specific error"),
         C::TopicNameInvalid => ConnectCode::Permanent("topic name invalid (Last Will)"),
         C::PayloadFormatInvalid => ConnectCode::Permanent("payload format invalid"),
         C::RetainNotSupported => ConnectCode::Permanent("retain not supported (Last Will)"),

@@ -421,9 +421,7 @@ impl Session {
                 }
                 self.send(&Packet::PubComp(pkid), now);
             }
-            Packet::PubComp(pkid) => {
-                self.complete_outgoing(pkid, OutState::AwaitComp, None, now)
-            }
+            Packet::PubComp(pkid) => self.complete_outgoing(pkid, OutState::AwaitComp, None, now),
             Packet::SubAck { pkid, granted } => {
                 if let Some(i) = self.subscribing.iter().position(|p| *p == pkid) {
                     self.subscribing.swap_remove(i);
@@ -554,7 +552,8 @@ impl Session {
         let pkid = publish.pkid;
         if publish.qos == QoS::AtMostOnce {
             let id = self.next_message_id();
-            self.events.push_back(Event::Message(Message { id, publish }));
+            self.events
+                .push_back(Event::Message(Message { id, publish }));
             return;
         }
         if let Some(entry) = self.inbound.get(&pkid) {
@@ -576,7 +575,8 @@ impl Session {
             },
         );
         self.inbound_ids.insert(id, pkid);
-        self.events.push_back(Event::Message(Message { id, publish }));
+        self.events
+            .push_back(Event::Message(Message { id, publish }));
         if !self.config.manual_acks {
             self.ack(id, now);
         }
