@@ -273,18 +273,34 @@ impl Packet {
     /// Decodes one packet from the front of `buf`, consuming it; `Incomplete` leaves `buf`
     /// untouched.
     pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Packet, CodecError> {
-        // rumqttc's v5 reader rejects a DISCONNECT without a body, which MQTT 5 allows.
-        if protocol == Protocol::V5 && buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
-            let _ = buf.split_to(2);
+        // rumqttc's v5 reader rejects a DISCONNECT without a body, and one with only a
+        // reason code (no property length), both of which MQTT 5 allows (§3.14.2.2.1).
+        if protocol == Protocol::V5 && buf.len() >= 2 && buf[0] == 0xE0 && buf[1] <= 1 {
+            let reason = match buf[1] {
+                0 => 0,
+                _ => *buf.get(2).ok_or(CodecError::Incomplete)?,
+            };
+            let _ = buf.split_to(2 + usize::from(buf[1]));
             return Ok(Packet::Disconnect {
-                reason: 0,
+                reason,
                 reason_string: None,
             });
         }
+        let before = buf.len();
+        // rumqttc reports a frame whose contents end early (a property length running past
+        // the packet) as `InsufficientBytes` too, after consuming it: that is malformed, not
+        // incomplete, or the packet would vanish without a trace.
+        let incomplete = |buf: &BytesMut| {
+            if buf.len() == before {
+                CodecError::Incomplete
+            } else {
+                CodecError::Malformed("packet ends before its contents do".into())
+            }
+        };
         match protocol {
             Protocol::V311 => match v4::Packet::read(buf, max) {
                 Ok(p) => from_v4(p),
-                Err(m4::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m4::Error::InsufficientBytes(_)) => Err(incomplete(buf)),
                 Err(m4::Error::PayloadSizeLimitExceeded(size)) => {
                     Err(CodecError::TooLarge { size, max })
                 }
@@ -292,7 +308,7 @@ impl Packet {
             },
             Protocol::V5 => match v5::Packet::read(buf, Some(max as u32)) {
                 Ok(p) => from_v5(p),
-                Err(m5::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m5::Error::InsufficientBytes(_)) => Err(incomplete(buf)),
                 Err(m5::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
                     Err(CodecError::TooLarge {
                         size: pkt_size,
