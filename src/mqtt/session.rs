@@ -665,7 +665,13 @@ impl Session {
             };
             publish.qos = publish.qos.min(self.caps.max_qos);
             if let Some(max) = self.caps.max_packet_size {
-                let size = Packet::Publish(publish.clone()).size(self.config.protocol);
+                // Measure with a packet id in place: rumqttc leaves the two bytes of the
+                // packet id out of the size of a QoS 1/2 publish whose id is still 0.
+                let mut probe = publish.clone();
+                if probe.qos != QoS::AtMostOnce {
+                    probe.pkid = u16::MAX;
+                }
+                let size = Packet::Publish(probe).size(self.config.protocol);
                 if size > max as usize {
                     self.events.push_back(Event::Rejected(
                         token,
