@@ -147,6 +147,10 @@ enum InState {
     AckOwed,
     /// QoS 2: PUBREC sent, waiting for PUBREL.
     AwaitRel,
+    /// QoS 1: PUBACK owed from the last connection sent on resume. The broker redelivers
+    /// the message right after CONNACK, before it can have read that PUBACK: a DUP
+    /// redelivery on this connection is that one, not a new message.
+    AckedOnResume,
 }
 
 #[derive(Debug)]
@@ -478,6 +482,9 @@ impl Session {
         }
         self.last_received = now;
         self.ping_sent = None;
+        // A guard against a redelivery crossing our resume PUBACK lasts one connection.
+        self.inbound
+            .retain(|_, e| e.state != InState::AckedOnResume);
         let fresh = self.clean_next;
         self.clean_next = false;
         if ack.session_present {
@@ -522,7 +529,20 @@ impl Session {
             .map(|(p, _)| *p)
             .collect();
         for pkid in owed {
+            let Some(&InFlight { id, qos, .. }) = self.inbound.get(&pkid) else {
+                continue;
+            };
             self.send_inbound_ack(pkid, now);
+            if qos == QoS::AtLeastOnce {
+                self.inbound.insert(
+                    pkid,
+                    InFlight {
+                        id,
+                        qos,
+                        state: InState::AckedOnResume,
+                    },
+                );
+            }
         }
     }
 
@@ -561,9 +581,22 @@ impl Session {
             match entry.state {
                 InState::Unacked => {}
                 InState::AckOwed | InState::AwaitRel => self.send_inbound_ack(pkid, now),
+                InState::AckedOnResume if publish.dup => self.send(
+                    &Packet::PubAck {
+                        pkid,
+                        failure: None,
+                    },
+                    now,
+                ),
+                // Not a redelivery: the broker had our PUBACK and reused the id.
+                InState::AckedOnResume => {
+                    self.inbound.remove(&pkid);
+                }
             }
-            tracing::debug!(pkid, "duplicate delivery suppressed");
-            return;
+            if self.inbound.contains_key(&pkid) {
+                tracing::debug!(pkid, "duplicate delivery suppressed");
+                return;
+            }
         }
         let id = self.next_message_id();
         self.inbound.insert(
