@@ -69,10 +69,11 @@ mod tests {
             let d = b.next_delay(random);
             assert!(d <= Duration::from_millis(100), "{d:?} for {random}");
         }
-        assert_eq!(b.clone().next_delay(100), Duration::from_millis(100));
-        assert_eq!(b.clone().next_delay(101), Duration::from_millis(0));
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
-        assert_eq!(b.next_delay(57), Duration::from_millis(57));
+        // The first wait is uniform in [0, 100] ms inclusive.
+        let fresh = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+        assert_eq!(fresh.clone().next_delay(57), Duration::from_millis(57));
+        assert_eq!(fresh.clone().next_delay(100), Duration::from_millis(100));
+        assert_eq!(fresh.clone().next_delay(101), Duration::from_millis(0));
     }
 
     #[test]

@@ -273,18 +273,34 @@ impl Packet {
     /// Decodes one packet from the front of `buf`, consuming it; `Incomplete` leaves `buf`
     /// untouched.
     pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Packet, CodecError> {
-        // rumqttc's v5 reader rejects a DISCONNECT without a body, which MQTT 5 allows.
-        if protocol == Protocol::V5 && buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
-            let _ = buf.split_to(2);
+        // rumqttc's v5 reader rejects a DISCONNECT without a body, and one with only a
+        // reason code (no property length), both of which MQTT 5 allows (§3.14.2.2.1).
+        if protocol == Protocol::V5 && buf.len() >= 2 && buf[0] == 0xE0 && buf[1] <= 1 {
+            let reason = match buf[1] {
+                0 => 0,
+                _ => *buf.get(2).ok_or(CodecError::Incomplete)?,
+            };
+            let _ = buf.split_to(2 + usize::from(buf[1]));
             return Ok(Packet::Disconnect {
-                reason: 0,
+                reason,
                 reason_string: None,
             });
         }
+        let before = buf.len();
+        // rumqttc reports a frame whose contents end early (a property length running past
+        // the packet) as `InsufficientBytes` too, after consuming it: that is malformed, not
+        // incomplete, or the packet would vanish without a trace.
+        let incomplete = |buf: &BytesMut| {
+            if buf.len() == before {
+                CodecError::Incomplete
+            } else {
+                CodecError::Malformed("packet ends before its contents do".into())
+            }
+        };
         match protocol {
             Protocol::V311 => match v4::Packet::read(buf, max) {
                 Ok(p) => from_v4(p),
-                Err(m4::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m4::Error::InsufficientBytes(_)) => Err(incomplete(buf)),
                 Err(m4::Error::PayloadSizeLimitExceeded(size)) => {
                     Err(CodecError::TooLarge { size, max })
                 }
@@ -292,7 +308,7 @@ impl Packet {
             },
             Protocol::V5 => match v5::Packet::read(buf, Some(max as u32)) {
                 Ok(p) => from_v5(p),
-                Err(m5::Error::InsufficientBytes(_)) => Err(CodecError::Incomplete),
+                Err(m5::Error::InsufficientBytes(_)) => Err(incomplete(buf)),
                 Err(m5::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
                     Err(CodecError::TooLarge {
                         size: pkt_size,
@@ -645,4 +661,283 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, CodecError> {
         v5::Packet::Unsubscribe(_) => return unexpected("UNSUBSCRIBE"),
         v5::Packet::PingReq(_) => return unexpected("PINGREQ"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn publish(qos: QoS, pkid: u16) -> Publish {
+        Publish {
+            dup: qos != QoS::AtMostOnce,
+            qos,
+            retain: true,
+            pkid,
+            topic: "reply/u/1".into(),
+            payload: Bytes::from_static(b"payload"),
+            response_topic: None,
+            correlation_data: None,
+        }
+    }
+
+    #[test]
+    fn client_packets_decode_as_rumqttc_v4() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let pkid = if qos == QoS::AtMostOnce { 0 } else { 513 };
+            let mut buf = BytesMut::new();
+            Packet::Publish(publish(qos, pkid))
+                .write(Protocol::V311, &mut buf)
+                .unwrap();
+            let v4::Packet::Publish(p) = v4::Packet::read(&mut buf, MAX).unwrap() else {
+                panic!("not a publish");
+            };
+            assert_eq!(
+                (p.qos as u8, p.pkid, p.dup, p.retain),
+                (qos.as_u8(), pkid, pkid != 0, true)
+            );
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("reply/u/1", &b"payload"[..])
+            );
+            assert_eq!(
+                Packet::Publish(publish(qos, pkid)).size(Protocol::V311),
+                9 + 11 + usize::from(pkid != 0) * 2
+            );
+        }
+        let mut buf = BytesMut::new();
+        for p in [
+            Packet::PubAck {
+                pkid: 1,
+                failure: None,
+            },
+            Packet::PubRec {
+                pkid: 2,
+                failure: None,
+            },
+            Packet::PubRel(3),
+            Packet::PubComp(4),
+            Packet::PingReq,
+            Packet::Disconnect {
+                reason: 0,
+                reason_string: None,
+            },
+        ] {
+            p.write(Protocol::V311, &mut buf).unwrap();
+        }
+        let decoded: Vec<_> = (0..6)
+            .map(|_| v4::Packet::read(&mut buf, MAX).unwrap())
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                v4::Packet::PubAck(v4::PubAck::new(1)),
+                v4::Packet::PubRec(v4::PubRec::new(2)),
+                v4::Packet::PubRel(v4::PubRel::new(3)),
+                v4::Packet::PubComp(v4::PubComp::new(4)),
+                v4::Packet::PingReq,
+                v4::Packet::Disconnect,
+            ]
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn client_packets_decode_as_rumqttc_v5() {
+        let mut p = publish(QoS::ExactlyOnce, 77);
+        p.response_topic = Some("back".into());
+        p.correlation_data = Some(Bytes::from_static(b"corr"));
+        let mut buf = BytesMut::new();
+        Packet::Publish(p.clone())
+            .write(Protocol::V5, &mut buf)
+            .unwrap();
+        assert_eq!(buf.len(), Packet::Publish(p).size(Protocol::V5));
+        let v5::Packet::Publish(d) = v5::Packet::read(&mut buf, None).unwrap() else {
+            panic!("not a publish");
+        };
+        assert_eq!((d.pkid, d.dup, d.qos), (77, true, m5::QoS::ExactlyOnce));
+        let props = d.properties.expect("properties");
+        assert_eq!(props.response_topic.as_deref(), Some("back"));
+        assert_eq!(props.correlation_data, Some(Bytes::from_static(b"corr")));
+
+        let mut buf = BytesMut::new();
+        Packet::Subscribe {
+            pkid: 9,
+            filters: vec![("cmd/#".into(), QoS::ExactlyOnce)],
+        }
+        .write(Protocol::V5, &mut buf)
+        .unwrap();
+        let v5::Packet::Subscribe(s) = v5::Packet::read(&mut buf, None).unwrap() else {
+            panic!("not a subscribe");
+        };
+        assert_eq!((s.pkid, s.filters[0].path.as_str()), (9, "cmd/#"));
+        assert_eq!(s.filters[0].qos, m5::QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn broker_packets_round_trip_v4() {
+        let mut buf = BytesMut::new();
+        v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, true))
+            .write(&mut buf, MAX)
+            .unwrap();
+        let mut p = v4::Publish::new("cmd/1", m4::QoS::ExactlyOnce, b"x".to_vec());
+        p.pkid = 65535;
+        p.dup = true;
+        v4::Packet::Publish(p).write(&mut buf, MAX).unwrap();
+        v4::Packet::UnsubAck(v4::UnsubAck::new(5))
+            .write(&mut buf, MAX)
+            .unwrap();
+        let ack = Packet::read(Protocol::V311, &mut buf, MAX).unwrap();
+        assert_eq!(
+            ack,
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: ConnectCode::Accepted,
+                caps: BrokerCaps::default(),
+            })
+        );
+        let Packet::Publish(p) = Packet::read(Protocol::V311, &mut buf, MAX).unwrap() else {
+            panic!("not a publish");
+        };
+        assert_eq!(
+            (p.pkid, p.dup, p.qos, p.topic.as_str()),
+            (65535, true, QoS::ExactlyOnce, "cmd/1")
+        );
+        assert_eq!(
+            Packet::read(Protocol::V311, &mut buf, MAX).unwrap(),
+            Packet::UnsubAck(5)
+        );
+        assert!(matches!(
+            Packet::read(Protocol::V311, &mut buf, MAX),
+            Err(CodecError::Incomplete)
+        ));
+    }
+
+    #[test]
+    fn broker_connack_caps_v5() {
+        let mut buf = BytesMut::new();
+        let props = v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(5),
+            max_qos: Some(1),
+            retain_available: Some(0),
+            max_packet_size: Some(1000),
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: Some(12),
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        v5::Packet::ConnAck(v5::ConnAck {
+            session_present: false,
+            code: v5::ConnectReturnCode::Success,
+            properties: Some(props),
+        })
+        .write(&mut buf, None)
+        .unwrap();
+        let Packet::ConnAck(ack) = Packet::read(Protocol::V5, &mut buf, MAX).unwrap() else {
+            panic!("not a connack");
+        };
+        assert_eq!(
+            ack.caps,
+            BrokerCaps {
+                max_qos: QoS::AtLeastOnce,
+                receive_maximum: 5,
+                max_packet_size: Some(1000),
+                retain_available: false,
+                server_keep_alive: Some(12),
+            }
+        );
+    }
+
+    #[test]
+    fn v5_disconnect_forms() {
+        for (bytes, reason) in [(&[0xE0u8, 0x00][..], 0u8), (&[0xE0, 0x01, 0x8E][..], 0x8E)] {
+            let mut buf = BytesMut::from(bytes);
+            assert_eq!(
+                Packet::read(Protocol::V5, &mut buf, MAX).unwrap(),
+                Packet::Disconnect {
+                    reason,
+                    reason_string: None
+                }
+            );
+            assert!(buf.is_empty());
+        }
+        // Reason code still to come.
+        let mut buf = BytesMut::from(&[0xE0u8, 0x01][..]);
+        assert!(matches!(
+            Packet::read(Protocol::V5, &mut buf, MAX),
+            Err(CodecError::Incomplete)
+        ));
+        assert_eq!(buf.len(), 2);
+    }
+
+    #[test]
+    fn a_frame_whose_contents_run_short_is_malformed_not_incomplete() {
+        // A complete v5 PUBACK frame (remaining length 4) whose property length is an
+        // unfinished variable byte integer: rumqttc says "insufficient bytes" after
+        // consuming the frame.
+        let mut buf = BytesMut::from(&[0x40u8, 0x04, 0x00, 0x01, 0x00, 0x80][..]);
+        let r = Packet::read(Protocol::V5, &mut buf, MAX);
+        assert!(matches!(r, Err(CodecError::Malformed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn client_packets_from_the_broker_are_rejected() {
+        let mut buf = BytesMut::new();
+        v4::Packet::PingReq.write(&mut buf, MAX).unwrap();
+        assert!(matches!(
+            Packet::read(Protocol::V311, &mut buf, MAX),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    /// Arbitrary bytes never panic the decoder, and a decode never claims `Incomplete`
+    /// after consuming input.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = bytes.first_mut() {
+                // Mostly broker-to-client packet types, with valid-looking lengths.
+                *first = ((next() % 15) as u8) << 4 | (*first & 0x0F);
+            }
+            if bytes.len() > 1 {
+                bytes[1] = (bytes.len() - 2) as u8 & 0x7F;
+            }
+            for protocol in [Protocol::V311, Protocol::V5] {
+                let mut buf = BytesMut::from(&bytes[..]);
+                let mut rounds = 0;
+                loop {
+                    let before = buf.len();
+                    match Packet::read(protocol, &mut buf, MAX) {
+                        Ok(_) => {}
+                        Err(CodecError::Incomplete) => {
+                            assert_eq!(buf.len(), before, "{bytes:02x?}");
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                    rounds += 1;
+                    assert!(rounds <= 24);
+                }
+            }
+        }
+    }
 }
