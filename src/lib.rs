@@ -13,6 +13,7 @@
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
 
 pub mod backoff;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -14,7 +14,7 @@ use mqtt_responder::config;
 use mqtt_responder::examine::{self, Noise, PeerConnection};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
-use support::{EmbeddedBroker, write_config};
+use support::write_config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
 
@@ -157,7 +157,7 @@ fn assert_clean(outcome: &Outcome, commands: usize) {
 
 #[test]
 fn embedded_broker_answers_every_command_at_each_qos() {
-    let broker = EmbeddedBroker::shared();
+    let broker = support::embedded();
     for qos in 0..=2 {
         let user = format!("emb-q{qos}");
         let outcome = Exchange::new(broker.port(), &user, qos, 7).run();
@@ -168,7 +168,7 @@ fn embedded_broker_answers_every_command_at_each_qos() {
 
 #[test]
 fn embedded_broker_mqtt5_and_1000_commands() {
-    let broker = EmbeddedBroker::shared();
+    let broker = support::embedded();
     let mut exchange = Exchange::new(broker.v5_port(), "emb-v5", 2, 50);
     exchange.protocol = "5";
     assert_clean(&exchange.run(), 50);

@@ -199,7 +199,7 @@ fn mosquitto_drop_kills_process_and_removes_dir() {
 
 #[test]
 fn rumqttd_accepts_connect_on_v4_and_v5() {
-    let broker = EmbeddedBroker::shared();
+    let broker = support::embedded();
     assert_ne!(broker.port(), broker.v5_port());
     let (v4_conn, ack) = raw::connect_v4(broker.port(), "embedded-v4", None).unwrap();
     assert_eq!(ack.code, ConnectReturnCode::Success);
@@ -210,7 +210,7 @@ fn rumqttd_accepts_connect_on_v4_and_v5() {
     v4_conn.disconnect().unwrap();
 
     // The shared broker is started once per process.
-    assert_eq!(EmbeddedBroker::shared().port(), broker.port());
+    assert_eq!(support::embedded().port(), broker.port());
 }
 
 #[test]

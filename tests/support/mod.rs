@@ -26,7 +26,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -643,179 +642,19 @@ impl Drop for Mosquitto {
     }
 }
 
-/// rumqttd 0.20 running in-process: an MQTT 3.1.1 listener on [`port`](Self::port) and an
-/// MQTT 5 listener on [`v5_port`](Self::v5_port), both on 127.0.0.1, no authentication.
-///
-/// It **cannot be stopped**: rumqttd has no stop API (bytebeamio/rumqtt#771), so its router
-/// and server threads live until the test process exits. Use [`shared`](Self::shared) to
-/// have one per test binary; use [`Mosquitto`] for restarts, persistence and auth.
-///
-/// Settings (see [`EmbeddedBroker::config`]): 1 MiB+ payloads, 10 000 connections, 100 MiB
-/// × 16 segments per topic log. rumqttd caps outgoing QoS 1/2 inflight per connection at a
-/// hard-coded 100 (`MAX_INFLIGHT` in `router/iobufs.rs`); `max_inflight_count` is only the
-/// number of incoming packets read per batch.
+/// The embedded rumqttd (from the library, as `demo` uses it), one per test process.
 ///
 /// **Connection-id reuse race (rumqttd 0.20, seen here in ~1 of 15 runs):** when a client
 /// sends DISCONNECT, the router frees its connection id; the link then sees the socket close
 /// and sends a second `Event::Disconnect` for the same id (`server/broker.rs`, `remote()`).
-/// A client that connected in between got that id and is dropped right after its CONNECT
-/// (the raw probe sees the socket close before CONNACK; rumqttc sees a reset and
-/// reconnects). Tests of disconnect-then-reconnect sequences belong on [`Mosquitto`];
-/// on this broker, do not assert that a connection made right after another client's clean
-/// DISCONNECT survives.
-#[derive(Debug)]
-pub struct EmbeddedBroker {
-    port: u16,
-    v5_port: u16,
+/// A client that connected in between got that id and is dropped right after its CONNECT.
+/// Tests of disconnect-then-reconnect sequences belong on [`Mosquitto`].
+pub fn embedded() -> &'static EmbeddedBroker {
+    static SHARED: OnceLock<EmbeddedBroker> = OnceLock::new();
+    SHARED.get_or_init(|| EmbeddedBroker::start().expect("start embedded rumqttd"))
 }
 
-/// Maximum payload (and so packet) size accepted by [`EmbeddedBroker`].
-pub const EMBEDDED_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
-
-impl EmbeddedBroker {
-    /// One broker per test process, started on first use.
-    pub fn shared() -> &'static EmbeddedBroker {
-        static SHARED: OnceLock<EmbeddedBroker> = OnceLock::new();
-        SHARED.get_or_init(|| EmbeddedBroker::start().expect("start embedded rumqttd"))
-    }
-
-    /// Starts a new, independent broker (its own router) and waits until both ports accept
-    /// TCP. It lives until the test process exits.
-    pub fn start() -> Result<EmbeddedBroker> {
-        let cfg = Self::config();
-        let router = rumqttd::Router::new(0, cfg.router.clone());
-        let router_tx = router.spawn();
-        let tx = router_tx.clone();
-        let port = start_server("v4", move |settings| {
-            let mut server = rumqttd::Server::new(settings, tx.clone(), rumqttd::protocol::v4::V4);
-            async move {
-                server
-                    .start(rumqttd::LinkType::Remote)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })?;
-        let v5_port = start_server("v5", move |settings| {
-            let mut server =
-                rumqttd::Server::new(settings, router_tx.clone(), rumqttd::protocol::v5::V5);
-            async move {
-                server
-                    .start(rumqttd::LinkType::Remote)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })?;
-        Ok(EmbeddedBroker { port, v5_port })
-    }
-
-    /// The rumqttd configuration used (listeners are filled in per server).
-    pub fn config() -> rumqttd::Config {
-        rumqttd::Config {
-            id: 0,
-            router: rumqttd::RouterConfig {
-                max_connections: 10_000,
-                // Packets read per subscription per round for QoS 0 (QoS 1/2 is capped by
-                // the hard-coded inflight of 100).
-                max_outgoing_packet_count: 1_000,
-                // Per-topic commit log: a segment of 100 MiB, 16 of them in memory before
-                // the oldest is dropped (allocated as data arrives).
-                max_segment_size: 100 * 1024 * 1024,
-                max_segment_count: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    /// Per-connection settings of both listeners.
-    pub fn connection_settings() -> rumqttd::ConnectionSettings {
-        rumqttd::ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: EMBEDDED_MAX_PAYLOAD,
-            max_inflight_count: 1_000,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        }
-    }
-
-    /// Port of the MQTT 3.1.1 listener.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Port of the MQTT 5 listener.
-    pub fn v5_port(&self) -> u16 {
-        self.v5_port
-    }
-
-    /// `127.0.0.1:port()`.
-    pub fn addr(&self) -> SocketAddr {
-        local_addr(self.port)
-    }
-}
-
-/// Runs one rumqttd server in its own thread with a current-thread tokio runtime, on a free
-/// port; retries with another port (bounded) if the bind fails. Returns the port once it
-/// accepts TCP.
-fn start_server<F, Fut>(name: &str, make: F) -> Result<u16>
-where
-    F: Fn(rumqttd::ServerSettings) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<(), String>> + Send + 'static,
-{
-    let mut last_err = anyhow!("not started");
-    for _ in 0..3 {
-        let port = free_port();
-        let settings = rumqttd::ServerSettings {
-            name: format!("embedded-{name}-{port}"),
-            listen: local_addr(port),
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: EmbeddedBroker::connection_settings(),
-        };
-        let fut = make(settings);
-        let (err_tx, err_rx) = mpsc::channel::<String>();
-        thread::Builder::new()
-            .name(format!("rumqttd-{name}-{port}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        err_tx.send(format!("tokio runtime: {e}")).ok();
-                        return;
-                    }
-                };
-                // Only returns on error (e.g. the port was taken): the server runs forever.
-                let result = runtime.block_on(fut);
-                err_tx
-                    .send(match result {
-                        Ok(()) => "server returned".to_owned(),
-                        Err(e) => e,
-                    })
-                    .ok();
-            })
-            .context("spawn rumqttd server thread")?;
-        let mut failed = None;
-        let up = wait_until(START_TIMEOUT, || {
-            if let Ok(e) = err_rx.try_recv() {
-                failed = Some(e);
-                return true;
-            }
-            port_accepts(port)
-        });
-        match (up, failed) {
-            (true, None) => return Ok(port),
-            (_, Some(e)) => last_err = anyhow!("rumqttd {name} listener on {port}: {e}"),
-            (false, None) => {
-                bail!("rumqttd {name} listener on {port} did not accept TCP in {START_TIMEOUT:?}")
-            }
-        }
-    }
-    Err(last_err)
-}
+pub use mqtt_responder::broker::EmbeddedBroker;
 
 /// Minimal blocking MQTT clients over raw TCP and rumqttc's public codec, to probe brokers
 /// without the daemon or rumqttc's event loop.
