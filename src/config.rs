@@ -298,14 +298,28 @@ pub fn load_with_env(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(Config, Vec<String>), ConfigError> {
+    let text = read_config_file(path)?;
+    load_text(path, &text, env)
+}
+
+/// A configuration from TOML text rather than a file (the `demo` builds its own); `name`
+/// stands for the file in messages. No environment overrides apply.
+pub fn from_toml(name: &Path, text: &str) -> Result<Config, ConfigError> {
+    load_text(name, text, std::iter::empty()).map(|(config, _)| config)
+}
+
+fn load_text(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Config, Vec<String>), ConfigError> {
     let env = Env::split(path, env)?;
     let check = Check {
         file: path,
         origins: &env.origins,
     };
-    let text = read_config_file(path)?;
-    let document = parse_toml(path, &text)?;
-    let raw = deserialize(&check, &text, env.overrides.clone())?;
+    let document = parse_toml(path, text)?;
+    let raw = deserialize(&check, text, env.overrides.clone())?;
     let replies = reply_table(&check, document.get("replies"), &env.replies)?;
     let (config, password_file) = validate(&check, raw, replies, env.state_directory.as_deref())?;
     let warnings = permission_warnings(path, &document, password_file.as_deref());

@@ -1,6 +1,6 @@
-//! The peer side of the protocol against a real broker: the [`Examiner`] state machine on an
-//! MQTT [`Session`], pumped by the same driver as the daemon. Used by the integration tests
-//! now, and by the `examine` and `demo` subcommands.
+//! The peer side of the protocol against a real broker: one or more [`Examiner`]s (one per
+//! device that logs in) on one MQTT [`Session`], pumped by the same driver as the daemon.
+//! Used by `examine`, `demo` and the tests.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,8 +13,14 @@ use crate::driver::{self, App, End};
 use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
 use crate::mqtt::{Protocol, QoS};
-use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Phase, Report};
+use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Note, Phase, Report};
+use crate::topic::Vars;
 use crate::transport::Endpoint;
+
+/// How often the examiner reconnects after losing the broker before it gives up.
+const MAX_RECONNECTS: u32 = 50;
+/// Pause between the examiner's reconnect attempts.
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// How the examiner connects.
 #[derive(Debug, Clone)]
@@ -39,20 +45,70 @@ pub struct Noise {
     pub payload: Bytes,
 }
 
-/// Why an examination could not run to its report.
+/// What to examine.
+#[derive(Debug, Clone)]
+pub struct Examination {
+    /// How to connect.
+    pub connection: PeerConnection,
+    /// Settings for every device's examiner (`seed` is offset per device).
+    pub settings: ExaminerSettings,
+    /// How many devices to serve (each logs in with its own user ID).
+    pub logins: usize,
+    /// Extra messages for every device.
+    pub noise: Vec<Noise>,
+    /// Give up after this long, reporting what is missing.
+    pub timeout: Duration,
+}
+
+/// The result of an examination.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// One report per device that logged in, in login order.
+    pub reports: Vec<Report>,
+    /// Devices that never logged in.
+    pub missing_logins: usize,
+    /// The examination hit its timeout.
+    pub timed_out: bool,
+    /// Times the examiner had to reconnect to the broker.
+    pub reconnects: u32,
+}
+
+impl Outcome {
+    /// Every expected device logged in and passed.
+    pub fn passed(&self) -> bool {
+        self.missing_logins == 0 && !self.timed_out && self.reports.iter().all(Report::passed)
+    }
+
+    /// What went wrong, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.missing_logins > 0 {
+            problems.push(format!("{} device(s) never logged in", self.missing_logins));
+        }
+        if self.timed_out {
+            problems.push("the examination timed out".to_owned());
+        }
+        for report in &self.reports {
+            let who = report.user_id.as_deref().unwrap_or("?");
+            problems.extend(report.problems().into_iter().map(|p| format!("{who}: {p}")));
+        }
+        problems
+    }
+}
+
+/// Why an examination could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ExamineError {
     /// The settings are inconsistent.
     #[error("invalid examiner settings: {0}")]
     Settings(String),
-    /// The broker could not be reached or dropped us.
+    /// The broker could not be reached, refused us, or kept dropping us.
     #[error("{0}")]
     Connection(String),
 }
 
-/// Runs one examination: connect, wait for a login, hand out the UUID, send the commands,
-/// check the replies, send the completion message, disconnect. `ready` fires once the
-/// examiner listens for logins.
+/// Runs one device's examination and returns its report (a timeout of 10 minutes; callers
+/// bound it themselves).
 pub async fn run(
     endpoint: &Endpoint,
     connection: PeerConnection,
@@ -60,16 +116,47 @@ pub async fn run(
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<Report, ExamineError> {
+    let exam = Examination {
+        connection,
+        settings,
+        logins: 1,
+        noise,
+        timeout: Duration::from_secs(600),
+    };
+    let outcome = examine(endpoint, exam, &mut |_, _| {}, ready).await?;
+    outcome
+        .reports
+        .into_iter()
+        .next()
+        .ok_or_else(|| ExamineError::Connection("no device logged in".to_owned()))
+}
+
+/// Runs an examination: connect, serve `logins` devices (UUID, commands, replies checked,
+/// completion), disconnect. `observe` sees every note with the device's index; `ready`
+/// fires once the examiner listens for logins.
+pub async fn examine(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &mut dyn FnMut(usize, &Note),
+    ready: Option<oneshot::Sender<()>>,
+) -> Result<Outcome, ExamineError> {
     let now = Instant::now();
-    let qos = settings.qos;
-    let examiner =
-        Examiner::new(settings, now).map_err(|e| ExamineError::Settings(e.to_string()))?;
+    // Check the settings up front (a device's examiner is only created at its login).
+    Examiner::new(exam.settings.clone(), now).map_err(|e| ExamineError::Settings(e.to_string()))?;
+    let login_topic = exam
+        .settings
+        .login_topic
+        .render_checked(&Vars {
+            user_id: exam.settings.user_id.as_deref().unwrap_or_default(),
+            ..Vars::default()
+        })
+        .map_err(|e| ExamineError::Settings(format!("login topic {e}")))?;
     let mut session = Session::new(
         SessionConfig {
-            protocol: connection.protocol,
-            client_id: connection.client_id,
-            username: connection.username,
-            password: connection.password,
+            protocol: exam.connection.protocol,
+            client_id: exam.connection.client_id.clone(),
+            username: exam.connection.username.clone(),
+            password: exam.connection.password.clone(),
             keep_alive: Duration::from_secs(30),
             max_inflight: 20,
             max_incoming_packet: 1 << 20,
@@ -80,31 +167,41 @@ pub async fn run(
         },
         now,
     );
-    let mut app = ExaminerApp {
-        examiner,
-        qos,
-        noise,
-        ready,
+    let mut app = Fleet {
+        deadline: now + exam.timeout,
+        exam,
+        login_topic,
+        examiners: Vec::new(),
+        noise_sent: Vec::new(),
+        by_user: HashMap::new(),
         subscriptions: HashMap::new(),
-        finished: false,
+        broker_qos: QoS::ExactlyOnce,
+        ready,
+        observe,
+        timed_out: false,
         disconnect_sent: false,
     };
     let never = CancellationToken::new();
+    let mut reconnects = 0;
     loop {
-        let stream = endpoint
-            .open()
-            .await
-            .map_err(|e| ExamineError::Connection(e.to_string()))?;
-        let end = driver::run_connection(
-            stream,
-            &mut session,
-            &mut app,
-            Duration::from_secs(10),
-            &never,
-        )
-        .await;
+        let end = match endpoint.open().await {
+            Ok(stream) => {
+                driver::run_connection(
+                    stream,
+                    &mut session,
+                    &mut app,
+                    Duration::from_secs(10),
+                    &never,
+                )
+                .await
+            }
+            Err(e) => End::Lost {
+                error: e.to_string(),
+                up_for: None,
+            },
+        };
         match end {
-            End::Disconnected => return Ok(app.examiner.report()),
+            End::Disconnected => break,
             End::Purged => continue,
             End::Refused(code) => {
                 return Err(ExamineError::Connection(format!(
@@ -113,63 +210,131 @@ pub async fn run(
                 )));
             }
             End::Lost { error, .. } => {
-                return Err(ExamineError::Connection(format!(
-                    "examiner lost its connection to {}: {error}",
-                    endpoint.addr()
-                )));
+                reconnects += 1;
+                if reconnects > MAX_RECONNECTS || Instant::now() >= app.deadline {
+                    return Err(ExamineError::Connection(format!(
+                        "the examiner lost {}: {error}",
+                        endpoint.addr()
+                    )));
+                }
+                tracing::warn!("examiner lost {}: {error}; reconnecting", endpoint.addr());
+                app.subscriptions.clear();
+                for examiner in &mut app.examiners {
+                    examiner.handle_disconnected(Instant::now());
+                }
+                tokio::time::sleep(RECONNECT_DELAY).await;
             }
         }
     }
+    Ok(Outcome {
+        missing_logins: app.exam.logins.saturating_sub(app.examiners.len()),
+        reports: app.examiners.iter().map(Examiner::report).collect(),
+        timed_out: app.timed_out,
+        reconnects,
+    })
 }
 
-struct ExaminerApp {
-    examiner: Examiner,
-    qos: QoS,
-    noise: Vec<Noise>,
+/// Several examiners on one connection: the login subscription is shared, and each
+/// device's examiner is created when its login arrives.
+struct Fleet<'a> {
+    exam: Examination,
+    login_topic: String,
+    examiners: Vec<Examiner>,
+    /// Per device: its noise went out.
+    noise_sent: Vec<bool>,
+    by_user: HashMap<String, usize>,
+    /// SUBSCRIBE packet id → (filter, owning examiner; `None`: the shared login filter).
+    subscriptions: HashMap<u16, (String, Option<usize>)>,
+    broker_qos: QoS,
     ready: Option<oneshot::Sender<()>>,
-    /// SUBSCRIBE packet id → filter.
-    subscriptions: HashMap<u16, String>,
-    finished: bool,
+    observe: &'a mut dyn FnMut(usize, &Note),
+    deadline: Instant,
+    timed_out: bool,
     disconnect_sent: bool,
 }
 
-impl ExaminerApp {
-    fn run_actions(&mut self, session: &mut Session, now: Instant) {
-        // Noise goes out when the commands start (the responder is subscribed by then),
-        // ahead of the first command.
-        if self.examiner.phase() == Phase::Sending && !self.noise.is_empty() {
-            self.send_noise(session, now);
+impl Fleet<'_> {
+    fn subscribe(&mut self, session: &mut Session, filter: String, owner: Option<usize>) {
+        let qos = self.exam.settings.qos;
+        if let Some(pkid) = session.subscribe(vec![(filter.clone(), qos)], Instant::now()) {
+            self.subscriptions.insert(pkid, (filter, owner));
         }
-        while let Some(action) = self.examiner.poll_action() {
-            match action {
-                Action::Subscribe { topic, qos } => {
-                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
-                        self.subscriptions.insert(pkid, topic);
+    }
+
+    fn login(&mut self, payload: &[u8], now: Instant) -> Option<usize> {
+        let user_id = std::str::from_utf8(payload).ok()?;
+        if let Some(&index) = self.by_user.get(user_id) {
+            return Some(index);
+        }
+        if self.examiners.len() >= self.exam.logins
+            || self
+                .exam
+                .settings
+                .user_id
+                .as_deref()
+                .is_some_and(|u| u != user_id)
+        {
+            return None;
+        }
+        let index = self.examiners.len();
+        let mut settings = self.exam.settings.clone();
+        settings.user_id = Some(user_id.to_owned());
+        settings.seed = settings.seed.wrapping_add(index as u64);
+        let mut examiner = Examiner::new(settings, now).ok()?;
+        examiner.handle_connected(false, self.broker_qos, now);
+        self.by_user.insert(user_id.to_owned(), index);
+        self.examiners.push(examiner);
+        self.noise_sent.push(false);
+        Some(index)
+    }
+
+    /// Carries out what the examiners asked for, hands their notes to the observer, and
+    /// disconnects once every device is done and nothing is in flight.
+    fn run_actions(&mut self, session: &mut Session, now: Instant) {
+        for index in 0..self.examiners.len() {
+            // Noise goes out when the commands start (the responder is subscribed by
+            // then), ahead of the first command.
+            if self.examiners[index].phase() == Phase::Sending && !self.noise_sent[index] {
+                self.noise_sent[index] = true;
+                self.send_noise(index, session, now);
+            }
+            while let Some(action) = self.examiners[index].poll_action() {
+                match action {
+                    // The login filter is shared and already subscribed.
+                    Action::Subscribe { topic, .. } if topic == self.login_topic => {}
+                    Action::Subscribe { topic, .. } => self.subscribe(session, topic, Some(index)),
+                    Action::Publish {
+                        topic,
+                        payload,
+                        qos,
+                    } => {
+                        session.publish(publish(topic, payload, qos), now);
                     }
+                    Action::Finished => {}
                 }
-                Action::Publish {
-                    topic,
-                    payload,
-                    qos,
-                } => {
-                    session.publish(publish(topic, payload, qos), now);
-                }
-                Action::Finished => self.finished = true,
+            }
+            while let Some(note) = self.examiners[index].poll_note() {
+                (self.observe)(index, &note);
             }
         }
-        if self.finished && !self.disconnect_sent && session.outstanding() == 0 {
+        let all_done = self.examiners.len() == self.exam.logins
+            && self
+                .examiners
+                .iter()
+                .all(|e| e.phase() == Phase::Finished);
+        if (all_done || self.timed_out) && !self.disconnect_sent && session.outstanding() == 0 {
             session.disconnect(now);
             self.disconnect_sent = true;
         }
     }
 
-    fn send_noise(&mut self, session: &mut Session, now: Instant) {
-        let Some(command_topic) = self.examiner.command_topic().map(str::to_owned) else {
+    fn send_noise(&mut self, index: usize, session: &mut Session, now: Instant) {
+        let Some(command_topic) = self.examiners[index].command_topic().map(str::to_owned) else {
             return;
         };
-        for noise in std::mem::take(&mut self.noise) {
+        for noise in self.exam.noise.clone() {
             let topic = noise.topic.unwrap_or_else(|| command_topic.clone());
-            session.publish(publish(topic, noise.payload, self.qos), now);
+            session.publish(publish(topic, noise.payload, self.exam.settings.qos), now);
         }
     }
 }
@@ -187,30 +352,45 @@ fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
     }
 }
 
-impl App for ExaminerApp {
+impl App for Fleet<'_> {
     fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
         match event {
             Event::Connected {
                 session_present,
                 caps,
-            } => self
-                .examiner
-                .handle_connected(session_present, caps.max_qos, now),
+            } => {
+                self.broker_qos = caps.max_qos;
+                self.subscribe(session, self.login_topic.clone(), None);
+                for examiner in &mut self.examiners {
+                    examiner.handle_connected(session_present, caps.max_qos, now);
+                }
+            }
             Event::SubAck { pkid, granted } => {
-                if let Some(topic) = self.subscriptions.remove(&pkid) {
+                if let Some((topic, owner)) = self.subscriptions.remove(&pkid) {
                     let granted = granted.first().copied().flatten();
-                    self.examiner.handle_subscribed(&topic, granted, now);
-                    if self.examiner.phase() == Phase::WaitingForLogin
-                        && let Some(ready) = self.ready.take()
-                    {
-                        let _ = ready.send(());
+                    match owner {
+                        Some(index) => self.examiners[index].handle_subscribed(&topic, granted, now),
+                        None => {
+                            if let Some(ready) = self.ready.take() {
+                                let _ = ready.send(());
+                            }
+                        }
                     }
                 }
             }
             Event::Message(m) => {
                 let p = &m.publish;
-                self.examiner
-                    .handle_message(&p.topic, &p.payload, p.qos, now);
+                let target = if p.topic == self.login_topic {
+                    self.login(&p.payload, now)
+                } else {
+                    self.examiners.iter().position(|e| e.handles_topic(&p.topic))
+                };
+                match target {
+                    Some(index) => {
+                        self.examiners[index].handle_message(&p.topic, &p.payload, p.qos, now)
+                    }
+                    None => tracing::debug!(topic = %p.topic, "message for no device ignored"),
+                }
             }
             Event::Rejected(_, reason) => {
                 tracing::warn!("the broker did not accept an examiner publish: {reason}")
@@ -224,12 +404,23 @@ impl App for ExaminerApp {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.examiner.poll_timeout()
+        let deadline = (!self.timed_out).then_some(self.deadline);
+        self.examiners
+            .iter()
+            .filter_map(Examiner::poll_timeout)
+            .chain(deadline)
+            .min()
     }
 
     fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
-        if self.examiner.poll_timeout().is_some_and(|t| now >= t) {
-            self.examiner.handle_timeout(now);
+        if now >= self.deadline && !self.timed_out {
+            tracing::warn!("examination timed out");
+            self.timed_out = true;
+        }
+        for examiner in &mut self.examiners {
+            if examiner.poll_timeout().is_some_and(|t| now >= t) {
+                examiner.handle_timeout(now);
+            }
         }
         self.run_actions(session, now);
     }

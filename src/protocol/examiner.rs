@@ -152,6 +152,51 @@ pub enum Action {
     Finished,
 }
 
+/// Something worth showing a person watching the run (`demo`, `examine`), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A login arrived.
+    Login {
+        /// The user ID it carried.
+        user_id: String,
+    },
+    /// The UUID was published.
+    Uuid {
+        /// The UUID.
+        uuid: String,
+        /// Where it went.
+        topic: String,
+    },
+    /// A command was published.
+    Command {
+        /// The command.
+        command: String,
+    },
+    /// A reply arrived for a command that was waiting for one.
+    Reply {
+        /// The command answered.
+        command: String,
+        /// The reply payload (lossy UTF-8).
+        payload: String,
+        /// Round trip since the command was published.
+        latency: Duration,
+        /// Right payload at the right QoS.
+        correct: bool,
+    },
+    /// A reply arrived for a command with no send outstanding.
+    Duplicate {
+        /// The command.
+        command: String,
+    },
+    /// The completion message was published.
+    Completion,
+    /// The run was abandoned.
+    GaveUp {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// The phase the examiner is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -219,6 +264,7 @@ pub struct Examiner {
     sent_total: usize,
     timers: [Option<Instant>; 2],
     actions: VecDeque<Action>,
+    notes: VecDeque<Note>,
     report: Report,
 }
 
@@ -293,6 +339,7 @@ impl Examiner {
             sent_total: 0,
             timers: [None; 2],
             actions: VecDeque::new(),
+            notes: VecDeque::new(),
             report,
             settings,
         })
@@ -427,6 +474,27 @@ impl Examiner {
         self.phase
     }
 
+    /// The next note for a person watching, in order. Callers that show nothing need not
+    /// drain them, but a long run should (they are kept until polled).
+    pub fn poll_note(&mut self) -> Option<Note> {
+        self.notes.pop_front()
+    }
+
+    /// Whether a message on `topic` is for this examiner (its login topic or one of its
+    /// reply topics), for callers that run several examiners on one connection.
+    pub fn handles_topic(&self, topic: &str) -> bool {
+        topic == self.login_topic
+            || self
+                .rendered
+                .as_ref()
+                .is_some_and(|r| r.reply_topics.contains_key(topic))
+    }
+
+    /// The topic logins arrive on.
+    pub fn login_topic(&self) -> &str {
+        &self.login_topic
+    }
+
     /// The topic commands go to, once a login made it known.
     pub fn command_topic(&self) -> Option<&str> {
         self.rendered.as_ref().map(|r| r.command_topic.as_str())
@@ -487,6 +555,9 @@ impl Examiner {
             }
         };
         info!(user_id, "login received");
+        self.notes.push_back(Note::Login {
+            user_id: user_id.to_owned(),
+        });
         self.user_id = Some(user_id.to_owned());
         self.report.user_id = Some(user_id.to_owned());
         let filters = rendered.reply_filters.clone();
@@ -554,12 +625,22 @@ impl Examiner {
         let row = &mut self.report.commands[index];
         let Some(sent_at) = self.outstanding[index].pop_front() else {
             row.duplicates += 1;
+            self.notes.push_back(Note::Duplicate {
+                command: row.command.clone(),
+            });
             warn!(command = %row.command, "reply without an outstanding command");
             return;
         };
         self.outstanding_total -= 1;
         row.answered += 1;
-        row.latencies.push(now.saturating_duration_since(sent_at));
+        let latency = now.saturating_duration_since(sent_at);
+        row.latencies.push(latency);
+        self.notes.push_back(Note::Reply {
+            command: row.command.clone(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            latency,
+            correct: payload == self.commands[index].1 && qos == expected_qos,
+        });
         if payload != self.commands[index].1 {
             row.wrong += 1;
             warn!(
@@ -595,6 +676,9 @@ impl Examiner {
             self.outstanding[index].push_back(now);
             self.report.commands[index].sent += 1;
             debug!(command = %self.report.commands[index].command, "sending");
+            self.notes.push_back(Note::Command {
+                command: self.report.commands[index].command.clone(),
+            });
             self.actions.push_back(Action::Publish {
                 topic: command_topic.clone(),
                 payload: self.commands[index].0.clone(),
@@ -615,6 +699,7 @@ impl Examiner {
                 qos: self.qos(),
             });
             self.report.completion_sent = true;
+            self.notes.push_back(Note::Completion);
         }
         self.finish();
     }
@@ -622,6 +707,9 @@ impl Examiner {
     /// Ends the run without the completion message.
     fn give_up(&mut self, why: String) {
         warn!("giving up: {why}");
+        self.notes.push_back(Note::GaveUp {
+            reason: why.clone(),
+        });
         self.report.failure = Some(why);
         self.finish();
     }
@@ -637,6 +725,10 @@ impl Examiner {
 
     fn publish_uuid(&mut self) {
         if let Some(rendered) = &self.rendered {
+            self.notes.push_back(Note::Uuid {
+                uuid: self.uuid.clone(),
+                topic: rendered.uuid_topic.clone(),
+            });
             self.actions.push_back(Action::Publish {
                 topic: rendered.uuid_topic.clone(),
                 payload: self.uuid_payload.clone(),
