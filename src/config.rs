@@ -1039,15 +1039,21 @@ fn broker(
     Ok((broker, password_file))
 }
 
+/// A password file's content without the one trailing newline (`\n` or `\r\n`) an editor
+/// or `echo` adds.
+pub fn strip_one_newline(content: &str) -> &str {
+    content
+        .strip_suffix("\r\n")
+        .or_else(|| content.strip_suffix('\n'))
+        .unwrap_or(content)
+}
+
 /// Reads `broker.password_file`, dropping the one trailing newline an editor or `echo` adds.
 fn read_password_file(check: &Check<'_>, path: &str) -> Result<String, ConfigError> {
     let key = "broker.password_file";
     let content = std::fs::read_to_string(path)
         .map_err(|e| check.rejected(key, quoted(path), format_args!("cannot read it: {e}")))?;
-    let password = content
-        .strip_suffix("\r\n")
-        .or_else(|| content.strip_suffix('\n'))
-        .unwrap_or(&content);
+    let password = strip_one_newline(&content);
     if password.is_empty() {
         return Err(check.rejected(
             key,

@@ -78,16 +78,22 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
     let mut failures: u32 = 0;
     let mut reconnects: u32 = 0;
     let mut was_connected = false;
+    let mut purged = false;
 
     let outcome = loop {
         if shutdown.is_cancelled() {
             break Outcome::Stopped;
         }
-        tracing::info!(
-            "connecting to {addr} as {} (MQTT {})",
-            broker.client_id,
-            broker.protocol
-        );
+        if purged {
+            // The throwaway connection that cleared an old session is not news.
+            purged = false;
+        } else {
+            tracing::info!(
+                "connecting to {addr} as {} (MQTT {})",
+                broker.client_id,
+                broker.protocol
+            );
+        }
         let opened = tokio::select! {
             opened = endpoint.open() => opened,
             () = shutdown.cancelled() => break Outcome::Stopped,
@@ -120,6 +126,7 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                     }
                     End::Purged => {
                         tracing::debug!("cleared the session an earlier run left on {addr}");
+                        purged = true;
                         continue;
                     }
                     End::Refused(ConnectCode::BadCredentials | ConnectCode::NotAuthorized) => {

@@ -318,10 +318,7 @@ impl Fleet<'_> {
             }
         }
         let all_done = self.examiners.len() == self.exam.logins
-            && self
-                .examiners
-                .iter()
-                .all(|e| e.phase() == Phase::Finished);
+            && self.examiners.iter().all(|e| e.phase() == Phase::Finished);
         if (all_done || self.timed_out) && !self.disconnect_sent && session.outstanding() == 0 {
             session.disconnect(now);
             self.disconnect_sent = true;
@@ -369,7 +366,9 @@ impl App for Fleet<'_> {
                 if let Some((topic, owner)) = self.subscriptions.remove(&pkid) {
                     let granted = granted.first().copied().flatten();
                     match owner {
-                        Some(index) => self.examiners[index].handle_subscribed(&topic, granted, now),
+                        Some(index) => {
+                            self.examiners[index].handle_subscribed(&topic, granted, now)
+                        }
                         None => {
                             if let Some(ready) = self.ready.take() {
                                 let _ = ready.send(());
@@ -383,7 +382,9 @@ impl App for Fleet<'_> {
                 let target = if p.topic == self.login_topic {
                     self.login(&p.payload, now)
                 } else {
-                    self.examiners.iter().position(|e| e.handles_topic(&p.topic))
+                    self.examiners
+                        .iter()
+                        .position(|e| e.handles_topic(&p.topic))
                 };
                 match target {
                     Some(index) => {

@@ -3,10 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mqtt_responder::cli::{Cli, Command};
+use std::time::{Duration, Instant};
+
+use mqtt_responder::cli::{Cli, Command, DemoArgs, ProtocolArg};
 use mqtt_responder::config::{self, Config};
+use mqtt_responder::mqtt::{Protocol, QoS};
 use mqtt_responder::transport::Endpoint;
-use mqtt_responder::{daemon, logging};
+use mqtt_responder::{daemon, demo, examine_command, logging};
 use tokio_util::sync::CancellationToken;
 
 /// SPEC §4: configuration error (missing or unreadable file included).
@@ -14,6 +17,18 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Demo(args)) => {
+            let started = Instant::now();
+            logging::init_transcript(logging::DEMO_FILTER, started);
+            return ExitCode::from(demo::run(&demo_options(args), started));
+        }
+        Some(Command::Examine(args)) => {
+            logging::init_console(logging::EXAMINE_FILTER);
+            return ExitCode::from(examine_command::run(args));
+        }
+        _ => {}
+    }
     let logging = logging::init();
     let path = config::resolve_path(cli.config.as_deref());
     let (config, warnings) = match config::load(&path) {
@@ -35,6 +50,19 @@ fn main() -> ExitCode {
             logging.set_level(&config.log.level);
             run(&config)
         }
+        Command::Demo(_) | Command::Examine(_) => unreachable!("handled before the config"),
+    }
+}
+
+fn demo_options(args: &DemoArgs) -> demo::DemoOptions {
+    demo::DemoOptions {
+        commands: args.commands,
+        qos: QoS::try_from(args.qos).unwrap_or(QoS::ExactlyOnce),
+        delay: Duration::from_millis(args.delay_ms),
+        protocol: match args.protocol {
+            ProtocolArg::V311 => Protocol::V311,
+            ProtocolArg::V5 => Protocol::V5,
+        },
     }
 }
 

@@ -836,7 +836,8 @@ impl CommandReport {
         self.percentile(0.99)
     }
 
-    fn add(&mut self, other: &CommandReport) {
+    /// Adds `other`'s counts and latencies to this row.
+    pub fn add(&mut self, other: &CommandReport) {
         self.sent += other.sent;
         self.answered += other.answered;
         self.duplicates += other.duplicates;

@@ -1,0 +1,146 @@
+//! `mqtt-responder examine`: the command-line front of [`crate::examine`] — flags into an
+//! examination, live progress, the table (or JSON), and the exit code (0 pass, 1 fail).
+
+use std::time::Duration;
+
+use crate::cli::{ExamineArgs, ProtocolArg};
+use crate::config::{self, Broker, ReplyTable, Secret, Tls};
+use crate::console::{self, Progress};
+use crate::examine::{self, Examination, PeerConnection};
+use crate::mqtt::{Protocol, QoS};
+use crate::protocol::examiner::ExaminerSettings;
+use crate::topic::{Template, Var};
+use crate::transport::Endpoint;
+
+/// Runs `examine`; returns the exit code.
+pub fn run(args: &ExamineArgs) -> u8 {
+    let (endpoint, exam) = match prepare(args) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("examine: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("examine: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let addr = endpoint.addr();
+    eprintln!(
+        "examining {} device(s) on {addr}: {} commands each at QoS {}; waiting for logins on {:?}",
+        exam.logins, exam.settings.commands, exam.settings.qos, args.login_topic
+    );
+    let mut progress = Progress::new(exam.logins, exam.settings.commands);
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, async {
+        let mut show = |device: usize, note: &_| progress.note(device, note);
+        examine::examine(&endpoint, exam, &mut show, None).await
+    });
+    progress.finish();
+    match result {
+        Ok(outcome) => {
+            if args.json {
+                println!("{}", console::json(&outcome));
+            } else {
+                print!("{}", console::summary(&outcome));
+            }
+            if outcome.passed() { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("examine: FAIL: {e}");
+            1
+        }
+    }
+}
+
+/// Flags → endpoint and examination; a usage problem is an `Err` with a message.
+fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
+    let protocol = match args.protocol {
+        ProtocolArg::V311 => Protocol::V311,
+        ProtocolArg::V5 => Protocol::V5,
+    };
+    let qos = QoS::try_from(args.qos).map_err(|q| format!("--qos {q}: expected 0, 1 or 2"))?;
+    let password = match (&args.password, &args.password_file) {
+        (Some(p), _) => Some(Secret::new(p.clone())),
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(path)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+            Some(Secret::new(config::strip_one_newline(&content).to_owned()))
+        }
+        (None, None) => None,
+    };
+    let tls = (args.tls || args.ca_file.is_some()).then(|| Tls {
+        ca_file: args.ca_file.clone(),
+        client_auth: None,
+    });
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let client_id = args
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("mqtt-responder-examiner-{:08x}", seed as u32));
+    let broker = Broker {
+        host: args.host.clone(),
+        port: args.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+        protocol,
+        client_id: client_id.clone(),
+        username: args.username.clone(),
+        password: password.clone(),
+        keep_alive: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(10),
+        max_inflight: 20,
+        tls,
+    };
+    let endpoint = Endpoint::new(&broker).map_err(|e| e.to_string())?;
+    let all = [Var::UserId, Var::Uuid, Var::Command];
+    let template = |flag: &str, source: &str, allowed: &[Var]| {
+        Template::parse(source, allowed).map_err(|e| format!("--{flag} {source:?}: {e}"))
+    };
+    let replies = if args.replies.is_empty() {
+        ReplyTable::seed()
+    } else {
+        let pairs = args
+            .replies
+            .iter()
+            .map(|r| match r.split_once('=') {
+                Some((c, reply)) if !c.is_empty() => Ok((c.to_owned(), reply.to_owned())),
+                _ => Err(format!("--reply {r:?}: expected COMMAND=REPLY")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ReplyTable(pairs)
+    };
+    let settings = ExaminerSettings {
+        login_topic: template("login-topic", &args.login_topic, &all[..1])?,
+        uuid_topic: template("uuid-topic", &args.uuid_topic, &all[..1])?,
+        command_topic: template("command-topic", &args.command_topic, &all[..2])?,
+        reply_topic: template("reply-topic", &args.reply_topic, &all)?,
+        user_id: args.user_id.clone(),
+        completion_message: args.completion_message.clone(),
+        qos,
+        commands: args.commands,
+        delay: Duration::from_millis(args.delay_ms),
+        window: usize::try_from(args.window).unwrap_or(usize::MAX),
+        reply_timeout: Duration::from_secs(10),
+        replies,
+        seed,
+        uuid: None,
+    };
+    let exam = Examination {
+        connection: PeerConnection {
+            protocol,
+            client_id,
+            username: args.username.clone(),
+            password,
+        },
+        settings,
+        logins: usize::try_from(args.logins).unwrap_or(usize::MAX),
+        noise: Vec::new(),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    Ok((endpoint, exam))
+}
