@@ -12,7 +12,7 @@ use crate::driver::{self, App, End};
 use crate::mqtt::packet::{ConnectCode, Publish};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
 use crate::protocol::MessageId;
-use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder};
+use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::transport::Endpoint;
 
 /// A connection that stayed up this long resets the backoff and the attempt counter.
@@ -243,7 +243,7 @@ impl ResponderApp {
                         topic: out.topic,
                         payload: out.payload,
                         response_topic: None,
-                        correlation_data: None,
+                        correlation_data: out.correlation_data,
                     };
                     let token = session.publish(publish, now);
                     if let OutgoingKind::Reply { in_reply_to, .. } = out.kind {
@@ -328,9 +328,13 @@ impl App for ResponderApp {
                     // Not acknowledged: the broker keeps it for whoever comes next.
                     tracing::debug!(topic = %message.publish.topic, "stopping; message left unanswered");
                 } else {
-                    let p = &message.publish;
+                    let p = message.publish;
+                    let response = ResponseTo {
+                        topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                    };
                     self.responder
-                        .handle_message(message.id, &p.topic, &p.payload, now);
+                        .handle_request(message.id, &p.topic, &p.payload, &response, now);
                 }
             }
             Event::Delivered(token) => self.reply_done(token, session, now),

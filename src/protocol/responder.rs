@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::{MessageId, Shown};
 use crate::config::{ReplyTable, Session, UnknownCommand};
 use crate::mqtt::QoS;
-use crate::topic::{Template, TopicError, Vars, validate_level};
+use crate::topic::{Template, TopicError, Vars, validate_level, validate_topic};
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,19 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// QoS (already capped by what the broker granted).
     pub qos: QoS,
+    /// MQTT 5 Correlation Data echoed from the command (request/response only).
+    pub correlation_data: Option<Bytes>,
     /// Why it is sent.
     pub kind: OutgoingKind,
+}
+
+/// MQTT 5 request/response properties of a command (SPEC §5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseTo {
+    /// The Response Topic the command asks to be answered on.
+    pub topic: Option<String>,
+    /// Correlation Data to echo.
+    pub correlation_data: Option<Bytes>,
 }
 
 /// Why a message is published.
@@ -376,12 +387,25 @@ impl Responder {
 
     /// A message arrived.
     pub fn handle_message(&mut self, id: MessageId, topic: &str, payload: &[u8], now: Instant) {
+        self.handle_request(id, topic, payload, &ResponseTo::default(), now);
+    }
+
+    /// A message arrived with MQTT 5 request/response properties: a command with a valid
+    /// Response Topic is answered there, its Correlation Data echoed.
+    pub fn handle_request(
+        &mut self,
+        id: MessageId,
+        topic: &str,
+        payload: &[u8],
+        response: &ResponseTo,
+        now: Instant,
+    ) {
         let on_commands = self
             .accepted
             .as_ref()
             .is_some_and(|a| a.command_topic == topic);
         if on_commands {
-            self.command_message(id, payload, now);
+            self.command_message(id, payload, response, now);
         } else if topic == self.uuid_topic {
             self.uuid_message(id, payload, now);
         } else {
@@ -553,7 +577,13 @@ impl Responder {
     }
 
     /// A message on the command topic (the UUID is known).
-    fn command_message(&mut self, id: MessageId, payload: &[u8], now: Instant) {
+    fn command_message(
+        &mut self,
+        id: MessageId,
+        payload: &[u8],
+        response: &ResponseTo,
+        now: Instant,
+    ) {
         let _ = now;
         if self.in_flight.contains_key(&id) {
             // The session suppresses duplicates; this guards the one-reply promise anyway.
@@ -600,7 +630,8 @@ impl Responder {
             };
             let topic = topic.clone();
             let payload = self.replies[index].clone();
-            self.reply(id, command.to_owned(), topic, payload, index);
+            let (topic, correlation) = destination(response, topic);
+            self.reply(id, command.to_owned(), topic, correlation, payload, index);
             return;
         }
         self.stats.unknown += 1;
@@ -609,6 +640,18 @@ impl Responder {
             self.actions.push_back(Action::Ack(id));
             return;
         };
+        if let Some((topic, correlation)) = response_destination(response) {
+            let row = self.unknown_row(command);
+            self.reply(
+                id,
+                command.to_owned(),
+                topic,
+                correlation,
+                reply_payload,
+                row,
+            );
+            return;
+        }
         // The command becomes part of the reply topic: it must be one harmless level.
         let topic = validate_level(command).and_then(|()| {
             let accepted = self.accepted.as_ref().ok_or(TopicError::Empty)?;
@@ -621,7 +664,7 @@ impl Responder {
         match topic {
             Ok(topic) => {
                 let row = self.unknown_row(command);
-                self.reply(id, command.to_owned(), topic, reply_payload, row);
+                self.reply(id, command.to_owned(), topic, None, reply_payload, row);
             }
             Err(why) => {
                 warn!(command = %Shown(payload), "not answering an unknown command: it {why}");
@@ -646,7 +689,15 @@ impl Responder {
     }
 
     /// Publishes a reply and tracks it until `handle_delivered`.
-    fn reply(&mut self, id: MessageId, command: String, topic: String, payload: Bytes, row: usize) {
+    fn reply(
+        &mut self,
+        id: MessageId,
+        command: String,
+        topic: String,
+        correlation_data: Option<Bytes>,
+        payload: Bytes,
+        row: usize,
+    ) {
         let qos = self.effective_qos();
         debug!(%command, %topic, qos = qos.as_u8(), "answering");
         self.in_flight.insert(id, row);
@@ -654,6 +705,7 @@ impl Responder {
             topic,
             payload,
             qos,
+            correlation_data,
             kind: OutgoingKind::Reply {
                 command,
                 in_reply_to: id,
@@ -687,6 +739,7 @@ impl Responder {
             topic: self.login_topic.clone(),
             payload: self.login_payload.clone(),
             qos,
+            correlation_data: None,
             kind: OutgoingKind::Login,
         }));
         self.timers
@@ -781,6 +834,28 @@ impl Responder {
     }
 }
 
+/// Where a reply goes: the command's Response Topic when it has a valid one (with its
+/// Correlation Data), else `ordinary`.
+fn destination(response: &ResponseTo, ordinary: String) -> (String, Option<Bytes>) {
+    response_destination(response).unwrap_or((ordinary, None))
+}
+
+/// The command's Response Topic and Correlation Data, if it has a topic one may publish to;
+/// an unusable one is logged and ignored.
+fn response_destination(response: &ResponseTo) -> Option<(String, Option<Bytes>)> {
+    let topic = response.topic.as_ref()?;
+    match validate_topic(topic) {
+        Ok(()) => Some((topic.clone(), response.correlation_data.clone())),
+        Err(why) => {
+            warn!(
+                response_topic = %Shown(topic.as_bytes()),
+                "ignoring an invalid Response Topic (it {why}); replying on the reply topic"
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,6 +880,7 @@ mod tests {
             topic: "login".to_owned(),
             payload: Bytes::from_static(b"2547841"),
             qos,
+            correlation_data: None,
             kind: OutgoingKind::Login,
         })
     }
@@ -814,6 +890,7 @@ mod tests {
             topic: format!("{UUID}/{command}"),
             payload: Bytes::from_static(text.as_bytes()),
             qos,
+            correlation_data: None,
             kind: OutgoingKind::Reply {
                 command: command.to_owned(),
                 in_reply_to: MessageId(id),
@@ -893,6 +970,52 @@ mod tests {
         );
         assert_eq!(r.phase(), Phase::Finished);
         assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn response_topics_are_answered_with_correlation_data_echoed() {
+        let t = Instant::now();
+        let mut s = session();
+        s.unknown_command = crate::config::UnknownCommand::Reply("UNKNOWN".to_owned());
+        let mut r = answering(&s, t);
+        let request = |topic: &str| ResponseTo {
+            topic: Some(topic.to_owned()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x2a")),
+        };
+        r.handle_request(MessageId(10), UUID, b"CMD4", &request("app/resp/7"), t);
+        let Some(Action::Publish(out)) = r.poll_action() else {
+            panic!("no reply");
+        };
+        assert_eq!(out.topic, "app/resp/7");
+        assert_eq!(out.payload, &b"Rat"[..]);
+        assert_eq!(out.correlation_data, Some(Bytes::from_static(b"\x00\x2a")));
+
+        // Unusable Response Topics: the ordinary reply, without correlation data.
+        for (id, bad) in [(11, ""), (12, "app/+/x"), (13, "app/#"), (14, "a\0b")] {
+            r.handle_request(MessageId(id), UUID, b"CMD1", &request(bad), t);
+            let Some(Action::Publish(out)) = r.poll_action() else {
+                panic!("no reply for Response Topic {bad:?}");
+            };
+            assert_eq!(out.topic, format!("{UUID}/CMD1"), "for {bad:?}");
+            assert_eq!(out.correlation_data, None);
+        }
+
+        // An unknown command answered on its (valid) Response Topic, even when the command
+        // itself could not be a topic level.
+        r.handle_request(MessageId(20), UUID, b"a/#", &request("app/resp/8"), t);
+        let Some(Action::Publish(out)) = r.poll_action() else {
+            panic!("no reply to the unknown command");
+        };
+        assert_eq!(out.topic, "app/resp/8");
+        assert_eq!(out.payload, &b"UNKNOWN"[..]);
+
+        // Without properties: exactly as before.
+        r.handle_request(MessageId(21), UUID, b"CMD2", &ResponseTo::default(), t);
+        let Some(Action::Publish(out)) = r.poll_action() else {
+            panic!("no reply");
+        };
+        assert_eq!(out.topic, format!("{UUID}/CMD2"));
+        assert_eq!(r.poll_action(), None);
     }
 
     #[test]
