@@ -3,6 +3,8 @@
 //! now, and by the `examine` and `demo` subcommands.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,6 +52,25 @@ pub enum ExamineError {
     Connection(String),
 }
 
+/// Between two connection attempts after the examiner lost its connection: short and
+/// fixed, since the examiner is a test tool and must come back quickly after a broker
+/// restart.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Without any connection for this long, the examination gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// What a run can do besides the settings.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Extra messages sent ahead of the first command.
+    pub noise: Vec<Noise>,
+    /// Fires once the examiner listens for logins.
+    pub ready: Option<oneshot::Sender<()>>,
+    /// Kept up to date with the number of commands answered so far.
+    pub progress: Option<Arc<AtomicUsize>>,
+}
+
 /// Runs one examination: connect, wait for a login, hand out the UUID, send the commands,
 /// check the replies, send the completion message, disconnect. `ready` fires once the
 /// examiner listens for logins.
@@ -59,6 +80,22 @@ pub async fn run(
     settings: ExaminerSettings,
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
+) -> Result<Report, ExamineError> {
+    let options = RunOptions {
+        noise,
+        ready,
+        progress: None,
+    };
+    run_with(endpoint, connection, settings, options).await
+}
+
+/// [`run`] with every option. A lost connection is resumed (the session continues, so
+/// nothing in flight is lost) after [`RETRY_DELAY`]; each loss is counted in the report.
+pub async fn run_with(
+    endpoint: &Endpoint,
+    connection: PeerConnection,
+    settings: ExaminerSettings,
+    options: RunOptions,
 ) -> Result<Report, ExamineError> {
     let now = Instant::now();
     let qos = settings.qos;
@@ -83,42 +120,60 @@ pub async fn run(
     let mut app = ExaminerApp {
         examiner,
         qos,
-        noise,
-        ready,
+        noise: options.noise,
+        ready: options.ready,
+        progress: options.progress,
         subscriptions: HashMap::new(),
         finished: false,
         disconnect_sent: false,
     };
     let never = CancellationToken::new();
+    let mut offline_since: Option<Instant> = None;
+    // Bounded by GIVE_UP_AFTER while offline; each connected stretch ends the run or counts
+    // a loss, and the examiner's own reply timeout bounds the run.
     loop {
-        let stream = endpoint
-            .open()
-            .await
-            .map_err(|e| ExamineError::Connection(e.to_string()))?;
-        let end = driver::run_connection(
-            stream,
-            &mut session,
-            &mut app,
-            Duration::from_secs(10),
-            &never,
-        )
-        .await;
-        match end {
-            End::Disconnected => return Ok(app.examiner.report()),
-            End::Purged => continue,
-            End::Refused(code) => {
-                return Err(ExamineError::Connection(format!(
-                    "{} refused the examiner's connection: {code:?}",
-                    endpoint.addr()
-                )));
+        let failure = match endpoint.open().await {
+            Err(e) => e.to_string(),
+            Ok(stream) => {
+                let end = driver::run_connection(
+                    stream,
+                    &mut session,
+                    &mut app,
+                    Duration::from_secs(10),
+                    &never,
+                )
+                .await;
+                match end {
+                    End::Disconnected => return Ok(app.examiner.report()),
+                    End::Purged => continue,
+                    End::Refused(code) => {
+                        return Err(ExamineError::Connection(format!(
+                            "{} refused the examiner's connection: {code:?}",
+                            endpoint.addr()
+                        )));
+                    }
+                    End::Lost { error, up_for, .. } => {
+                        if up_for.is_some() {
+                            offline_since = None;
+                            app.examiner.handle_disconnected(Instant::now());
+                            tracing::warn!(
+                                "examiner lost its connection to {}: {error}; resuming",
+                                endpoint.addr()
+                            );
+                        }
+                        error
+                    }
+                }
             }
-            End::Lost { error, .. } => {
-                return Err(ExamineError::Connection(format!(
-                    "examiner lost its connection to {}: {error}",
-                    endpoint.addr()
-                )));
-            }
+        };
+        let since = *offline_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= GIVE_UP_AFTER {
+            return Err(ExamineError::Connection(format!(
+                "examiner could not reach {} for {GIVE_UP_AFTER:?}: {failure}",
+                endpoint.addr()
+            )));
         }
+        tokio::time::sleep(RETRY_DELAY).await;
     }
 }
 
@@ -127,6 +182,7 @@ struct ExaminerApp {
     qos: QoS,
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
+    progress: Option<Arc<AtomicUsize>>,
     /// SUBSCRIBE packet id → filter.
     subscriptions: HashMap<u16, String>,
     finished: bool,
@@ -221,6 +277,9 @@ impl App for ExaminerApp {
             | Event::Purged => {}
         }
         self.run_actions(session, now);
+        if let Some(progress) = &self.progress {
+            progress.store(self.examiner.answered(), Ordering::Relaxed);
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

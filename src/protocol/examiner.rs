@@ -280,6 +280,7 @@ impl Examiner {
             timed_out: false,
             completion_sent: false,
             failure: None,
+            connection_losses: 0,
         };
         Ok(Examiner {
             uuid_payload: Bytes::from(uuid.clone()),
@@ -333,6 +334,7 @@ impl Examiner {
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
         self.pending_subs.clear();
+        self.report.connection_losses += 1;
     }
 
     /// The SUBACK for `topic`: the granted QoS, or `None` when refused.
@@ -702,6 +704,8 @@ pub struct Report {
     pub completion_sent: bool,
     /// Why the run was abandoned early (a refused subscription, an unusable topic).
     pub failure: Option<String>,
+    /// Times the examiner's own connection was lost (it resumes its session each time).
+    pub connection_losses: u64,
 }
 
 /// Results for one command.
@@ -861,6 +865,13 @@ impl fmt::Display for Report {
                 f,
                 "unexpected messages: {}, late replies: {}",
                 self.unexpected, self.late
+            )?;
+        }
+        if self.connection_losses > 0 {
+            writeln!(
+                f,
+                "examiner connection lost {} times (resumed)",
+                self.connection_losses
             )?;
         }
         if self.passed() {
