@@ -42,6 +42,9 @@ pub enum End {
         error: String,
         /// How long the connection had been up after CONNACK (`None`: never connected).
         up_for: Option<Duration>,
+        /// The broker closed the stream in an orderly way (end of stream), as a broker
+        /// does when another client takes the session over; not a reset or a timeout.
+        closed_by_broker: bool,
     },
 }
 
@@ -63,6 +66,7 @@ pub async fn run_connection(
     let lost = |error: String, connected_at: Option<Instant>| End::Lost {
         error,
         up_for: connected_at.map(|t| t.elapsed()),
+        closed_by_broker: false,
     };
 
     loop {
@@ -102,6 +106,7 @@ pub async fn run_connection(
             }
             read = stream.read_buf(&mut rbuf) => {
                 let now = Instant::now();
+                let closed_by_broker = matches!(read, Ok(0));
                 let error = match read {
                     Ok(0) => Some("connection closed by the broker".to_owned()),
                     Ok(_) => session.handle_bytes(&mut rbuf, now).err().map(|e| e.to_string()),
@@ -113,7 +118,11 @@ pub async fn run_connection(
                         return end;
                     }
                     session.handle_transport_down();
-                    return lost(error, connected_at);
+                    return End::Lost {
+                        error,
+                        up_for: connected_at.map(|t| t.elapsed()),
+                        closed_by_broker,
+                    };
                 }
             }
             () = sleep => {
