@@ -181,7 +181,7 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                             let how = if disconnect_reason == Some(SESSION_TAKEN_OVER) {
                                 "the broker says the session was taken over (reason 0x8E)"
                             } else {
-                                "the broker closed it each time"
+                                "each time the broker ended it, as it does on a takeover"
                             };
                             tracing::error!(
                                 "another client with the same client id {} keeps taking the \
@@ -240,8 +240,8 @@ impl TakeoverWatch {
         reason: Option<u8>,
     ) -> Option<u32> {
         let taken_over = reason == Some(SESSION_TAKEN_OVER);
-        let suspicious = up_for.is_some_and(|up| up < STABLE_AFTER)
-            && (closed_by_broker || taken_over);
+        let suspicious =
+            up_for.is_some_and(|up| up < STABLE_AFTER) && (closed_by_broker || taken_over);
         if !suspicious {
             // A connection that stayed up, or a different failure, ends the streak.
             *self = TakeoverWatch::default();
@@ -513,7 +513,11 @@ mod tests {
         }
         assert_eq!(w.lost(SHORT, true, None), None);
         assert_eq!(w.lost(SHORT, true, None), None);
-        assert_eq!(w.lost(SHORT, false, Some(0x81)), None, "a different failure");
+        assert_eq!(
+            w.lost(SHORT, false, Some(0x81)),
+            None,
+            "a different failure"
+        );
         assert_eq!(w.lost(SHORT, true, None), None);
     }
 }
