@@ -24,6 +24,13 @@ const SESSION_EXPIRY_SECS: u32 = 24 * 60 * 60;
 /// Room for the topic and properties on top of the largest accepted payload.
 const PACKET_OVERHEAD: usize = 70 * 1024;
 
+/// MQTT 5 DISCONNECT reason: another connection with our client id took the session over.
+const SESSION_TAKEN_OVER: u8 = 0x8E;
+
+/// Connections closed by the broker before [`STABLE_AFTER`], in a row, after which another
+/// client with the same id is the likely cause (3.1.1 brokers just close the socket).
+const TAKEOVER_SUSPECT_STREAK: u32 = 3;
+
 /// How a run ended (SPEC §4 exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -75,10 +82,13 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
     );
     let mut app = ResponderApp::new(config);
     let mut backoff = Backoff::new(config.reconnect.initial_delay, config.reconnect.max_delay);
+    // Failed connection attempts in a row (SPEC §3): refused or unreachable, and also
+    // connections lost before they stayed up for STABLE_AFTER.
     let mut failures: u32 = 0;
     let mut reconnects: u32 = 0;
     let mut was_connected = false;
     let mut purged = false;
+    let mut takeovers = TakeoverWatch::default();
 
     let outcome = loop {
         if shutdown.is_cancelled() {
@@ -115,6 +125,7 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                     shutdown,
                 )
                 .await;
+                let disconnect_reason = app.broker_disconnect_reason.take();
                 match end {
                     End::Disconnected => {
                         tracing::info!("disconnected from {addr}");
@@ -147,21 +158,46 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                         failures += 1;
                         format!("broker refused the connection: {code:?}")
                     }
-                    End::Lost { error, up_for } => {
+                    End::Lost {
+                        error,
+                        up_for,
+                        closed_by_broker,
+                    } => {
                         app.handle_disconnected(Instant::now());
                         if app.stopping {
                             tracing::warn!("connection lost while stopping: {error}");
                             break Outcome::Stopped;
                         }
                         match up_for {
-                            Some(up) => {
+                            Some(up) if up >= STABLE_AFTER => {
                                 was_connected = true;
-                                if up >= STABLE_AFTER {
-                                    backoff.reset();
-                                    failures = 0;
-                                }
+                                backoff.reset();
+                                failures = 0;
+                            }
+                            Some(_) => {
+                                // Connected, but not for long: some failures connect fine and
+                                // die at once, so this attempt counts as failed.
+                                was_connected = true;
+                                failures += 1;
                             }
                             None => failures += 1,
+                        }
+                        if let Some(streak) =
+                            takeovers.lost(up_for, closed_by_broker, disconnect_reason)
+                        {
+                            let how = if disconnect_reason == Some(SESSION_TAKEN_OVER) {
+                                "the broker says the session was taken over (reason 0x8E)"
+                            } else {
+                                "each time the broker ended it, as it does on a takeover"
+                            };
+                            tracing::error!(
+                                "another client with the same client id {} keeps taking the \
+                                 session over: {streak} connections in a row lost within {}s \
+                                 of connecting ({how}); give each client its own \
+                                 broker.client_id",
+                                broker.client_id,
+                                STABLE_AFTER.as_secs()
+                            );
                         }
                         error
                     }
@@ -191,6 +227,48 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
     outcome
 }
 
+/// Notices another client taking our session over: connections lost shortly after
+/// CONNACK because the broker closed them, several times in a row. Reports once per streak.
+#[derive(Debug, Default)]
+struct TakeoverWatch {
+    /// Suspicious losses in a row.
+    streak: u32,
+    /// One of them carried MQTT 5's "session taken over".
+    certain: bool,
+    reported: bool,
+}
+
+impl TakeoverWatch {
+    /// A connection was lost; returns the streak length when it is time to report.
+    fn lost(
+        &mut self,
+        up_for: Option<Duration>,
+        closed_by_broker: bool,
+        reason: Option<u8>,
+    ) -> Option<u32> {
+        let taken_over = reason == Some(SESSION_TAKEN_OVER);
+        let suspicious =
+            up_for.is_some_and(|up| up < STABLE_AFTER) && (closed_by_broker || taken_over);
+        if !suspicious {
+            // A connection that stayed up, or a different failure, ends the streak.
+            *self = TakeoverWatch::default();
+            return None;
+        }
+        self.streak += 1;
+        self.certain |= taken_over;
+        let threshold = if self.certain {
+            2
+        } else {
+            TAKEOVER_SUSPECT_STREAK
+        };
+        if self.streak >= threshold && !self.reported {
+            self.reported = true;
+            return Some(self.streak);
+        }
+        None
+    }
+}
+
 /// The responder wired to a session: maps subscriptions and replies to the packet ids and
 /// tokens the session hands out.
 struct ResponderApp {
@@ -205,12 +283,16 @@ struct ResponderApp {
     stop_deadline: Option<Instant>,
     disconnect_sent: bool,
     rejected: u64,
+    /// Reason code of a DISCONNECT the broker sent on the current connection.
+    broker_disconnect_reason: Option<u8>,
 }
 
 impl ResponderApp {
     fn new(config: &Config) -> ResponderApp {
+        let mut responder = Responder::new(&config.session, &config.replies);
+        responder.set_login_backoff_cap(config.reconnect.max_delay);
         ResponderApp {
-            responder: Responder::new(&config.session, &config.replies),
+            responder,
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
             replies: HashMap::new(),
@@ -218,6 +300,7 @@ impl ResponderApp {
             stop_deadline: None,
             disconnect_sent: false,
             rejected: 0,
+            broker_disconnect_reason: None,
         }
     }
 
@@ -346,10 +429,13 @@ impl App for ResponderApp {
             Event::BrokerDisconnect {
                 reason,
                 reason_string,
-            } => tracing::warn!(
-                "broker sent DISCONNECT (reason code 0x{reason:02x}{})",
-                reason_string.map_or(String::new(), |s| format!(": {s}"))
-            ),
+            } => {
+                self.broker_disconnect_reason = Some(reason);
+                tracing::warn!(
+                    "broker sent DISCONNECT (reason code 0x{reason:02x}{})",
+                    reason_string.map_or(String::new(), |s| format!(": {s}"))
+                );
+            }
             Event::Refused(_) | Event::Purged => {}
         }
         self.run_actions(session, now);
@@ -397,5 +483,52 @@ impl App for ResponderApp {
 
     fn wants_disconnect(&self) -> bool {
         self.disconnect_sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: Option<Duration> = Some(Duration::from_millis(300));
+
+    #[test]
+    fn takeover_reported_once_after_three_broker_closes_in_a_row() {
+        let mut w = TakeoverWatch::default();
+        assert_eq!(w.lost(SHORT, true, None), None);
+        assert_eq!(w.lost(SHORT, true, None), None);
+        assert_eq!(w.lost(SHORT, true, None), Some(3));
+        assert_eq!(w.lost(SHORT, true, None), None, "reported once per streak");
+        // A connection that stayed up ends the streak; a new one is reported again.
+        assert_eq!(w.lost(Some(STABLE_AFTER), true, None), None);
+        for _ in 0..2 {
+            assert_eq!(w.lost(SHORT, true, None), None);
+        }
+        assert_eq!(w.lost(SHORT, true, None), Some(3));
+    }
+
+    #[test]
+    fn session_taken_over_reason_is_reported_sooner() {
+        let mut w = TakeoverWatch::default();
+        assert_eq!(w.lost(SHORT, false, Some(SESSION_TAKEN_OVER)), None);
+        assert_eq!(w.lost(SHORT, true, Some(SESSION_TAKEN_OVER)), Some(2));
+    }
+
+    #[test]
+    fn other_failures_are_not_takeovers() {
+        let mut w = TakeoverWatch::default();
+        for _ in 0..10 {
+            // Resets, keep-alive timeouts and refused connections.
+            assert_eq!(w.lost(SHORT, false, None), None);
+            assert_eq!(w.lost(None, false, None), None);
+        }
+        assert_eq!(w.lost(SHORT, true, None), None);
+        assert_eq!(w.lost(SHORT, true, None), None);
+        assert_eq!(
+            w.lost(SHORT, false, Some(0x81)),
+            None,
+            "a different failure"
+        );
+        assert_eq!(w.lost(SHORT, true, None), None);
     }
 }

@@ -92,6 +92,7 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
         logins: 1,
         noise: Vec::new(),
         timeout: options.delay + Duration::from_secs(30),
+        progress: None,
     };
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -42,6 +42,10 @@ pub enum End {
         error: String,
         /// How long the connection had been up after CONNACK (`None`: never connected).
         up_for: Option<Duration>,
+        /// The broker's side ended the stream (end of stream, or a reset: a broker that
+        /// closes with our bytes unread sends RST), as when another client takes the
+        /// session over; not a timeout or a protocol error on our side.
+        closed_by_broker: bool,
     },
 }
 
@@ -63,13 +67,18 @@ pub async fn run_connection(
     let lost = |error: String, connected_at: Option<Instant>| End::Lost {
         error,
         up_for: connected_at.map(|t| t.elapsed()),
+        closed_by_broker: false,
     };
 
     loop {
         while let Some(bytes) = session.poll_transmit() {
             if let Err(e) = stream.write_all(&bytes).await {
                 session.handle_transport_down();
-                return lost(format!("write failed: {e}"), connected_at);
+                return End::Lost {
+                    closed_by_broker: is_reset(&e),
+                    error: format!("write failed: {e}"),
+                    up_for: connected_at.map(|t| t.elapsed()),
+                };
             }
         }
         if app.wants_disconnect() {
@@ -102,6 +111,10 @@ pub async fn run_connection(
             }
             read = stream.read_buf(&mut rbuf) => {
                 let now = Instant::now();
+                let closed_by_broker = match &read {
+                    Ok(n) => *n == 0,
+                    Err(e) => is_reset(e),
+                };
                 let error = match read {
                     Ok(0) => Some("connection closed by the broker".to_owned()),
                     Ok(_) => session.handle_bytes(&mut rbuf, now).err().map(|e| e.to_string()),
@@ -113,7 +126,11 @@ pub async fn run_connection(
                         return end;
                     }
                     session.handle_transport_down();
-                    return lost(error, connected_at);
+                    return End::Lost {
+                        error,
+                        up_for: connected_at.map(|t| t.elapsed()),
+                        closed_by_broker,
+                    };
                 }
             }
             () = sleep => {
@@ -140,6 +157,12 @@ pub async fn run_connection(
             return end;
         }
     }
+}
+
+/// Whether an I/O error means the other side tore the connection down.
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Hands session events to the app until none are left; `Some` when the connection ends.

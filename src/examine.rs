@@ -3,6 +3,8 @@
 //! Used by `examine`, `demo` and the tests.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,10 +19,13 @@ use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Note, Phase,
 use crate::topic::Vars;
 use crate::transport::Endpoint;
 
-/// How often the examiner reconnects after losing the broker before it gives up.
-const MAX_RECONNECTS: u32 = 50;
-/// Pause between the examiner's reconnect attempts.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Between two connection attempts after the examiner lost its connection: short and
+/// fixed, since the examiner is a test tool and must come back quickly after a broker
+/// restart.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Without any connection for this long, the examination gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// How the examiner connects.
 #[derive(Debug, Clone)]
@@ -58,6 +63,19 @@ pub struct Examination {
     pub noise: Vec<Noise>,
     /// Give up after this long, reporting what is missing.
     pub timeout: Duration,
+    /// Kept up to date with the number of commands answered so far (all devices).
+    pub progress: Option<Arc<AtomicUsize>>,
+}
+
+/// What a single-device run can do besides the settings.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Extra messages sent ahead of the first command.
+    pub noise: Vec<Noise>,
+    /// Fires once the examiner listens for logins.
+    pub ready: Option<oneshot::Sender<()>>,
+    /// Kept up to date with the number of commands answered so far.
+    pub progress: Option<Arc<AtomicUsize>>,
 }
 
 /// The result of an examination.
@@ -116,14 +134,30 @@ pub async fn run(
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<Report, ExamineError> {
+    let options = RunOptions {
+        noise,
+        ready,
+        progress: None,
+    };
+    run_with(endpoint, connection, settings, options).await
+}
+
+/// [`run`] with every option.
+pub async fn run_with(
+    endpoint: &Endpoint,
+    connection: PeerConnection,
+    settings: ExaminerSettings,
+    options: RunOptions,
+) -> Result<Report, ExamineError> {
     let exam = Examination {
         connection,
         settings,
         logins: 1,
-        noise,
+        noise: options.noise,
         timeout: Duration::from_secs(600),
+        progress: options.progress,
     };
-    let outcome = examine(endpoint, exam, &mut |_, _| {}, ready).await?;
+    let outcome = examine(endpoint, exam, &mut |_, _| {}, options.ready).await?;
     outcome
         .reports
         .into_iter()
@@ -183,48 +217,57 @@ pub async fn examine(
     };
     let never = CancellationToken::new();
     let mut reconnects = 0;
+    let mut offline_since: Option<Instant> = None;
+    // Bounded: each connected stretch ends the run or counts a loss (and the examination's
+    // timeout bounds those); offline stretches are bounded by GIVE_UP_AFTER.
     loop {
-        let end = match endpoint.open().await {
+        let failure = match endpoint.open().await {
+            Err(e) => e.to_string(),
             Ok(stream) => {
-                driver::run_connection(
+                let end = driver::run_connection(
                     stream,
                     &mut session,
                     &mut app,
                     Duration::from_secs(10),
                     &never,
                 )
-                .await
+                .await;
+                match end {
+                    End::Disconnected => break,
+                    End::Purged => continue,
+                    End::Refused(code) => {
+                        return Err(ExamineError::Connection(format!(
+                            "{} refused the examiner's connection: {code:?}",
+                            endpoint.addr()
+                        )));
+                    }
+                    End::Lost { error, up_for, .. } => {
+                        if up_for.is_some() {
+                            offline_since = None;
+                            reconnects += 1;
+                            app.subscriptions.clear();
+                            for examiner in &mut app.examiners {
+                                examiner.handle_disconnected(Instant::now());
+                            }
+                            tracing::warn!(
+                                "examiner lost its connection to {}: {error}; resuming",
+                                endpoint.addr()
+                            );
+                        }
+                        error
+                    }
+                }
             }
-            Err(e) => End::Lost {
-                error: e.to_string(),
-                up_for: None,
-            },
         };
-        match end {
-            End::Disconnected => break,
-            End::Purged => continue,
-            End::Refused(code) => {
-                return Err(ExamineError::Connection(format!(
-                    "{} refused the examiner's connection: {code:?}",
-                    endpoint.addr()
-                )));
-            }
-            End::Lost { error, .. } => {
-                reconnects += 1;
-                if reconnects > MAX_RECONNECTS || Instant::now() >= app.deadline {
-                    return Err(ExamineError::Connection(format!(
-                        "the examiner lost {}: {error}",
-                        endpoint.addr()
-                    )));
-                }
-                tracing::warn!("examiner lost {}: {error}; reconnecting", endpoint.addr());
-                app.subscriptions.clear();
-                for examiner in &mut app.examiners {
-                    examiner.handle_disconnected(Instant::now());
-                }
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            }
+        let since = *offline_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= GIVE_UP_AFTER || Instant::now() >= app.deadline {
+            return Err(ExamineError::Connection(format!(
+                "the examiner could not reach {} for {:?}: {failure}",
+                endpoint.addr(),
+                since.elapsed()
+            )));
         }
+        tokio::time::sleep(RETRY_DELAY).await;
     }
     Ok(Outcome {
         missing_logins: app.exam.logins.saturating_sub(app.examiners.len()),
@@ -316,6 +359,10 @@ impl Fleet<'_> {
             while let Some(note) = self.examiners[index].poll_note() {
                 (self.observe)(index, &note);
             }
+        }
+        if let Some(progress) = &self.exam.progress {
+            let answered = self.examiners.iter().map(Examiner::answered).sum();
+            progress.store(answered, Ordering::Relaxed);
         }
         let all_done = self.examiners.len() == self.exam.logins
             && self.examiners.iter().all(|e| e.phase() == Phase::Finished);

@@ -129,6 +129,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         replies,
         seed,
         uuid: None,
+        ignore_logins: 0,
     };
     let exam = Examination {
         connection: PeerConnection {
@@ -141,6 +142,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         logins: usize::try_from(args.logins).unwrap_or(usize::MAX),
         noise: Vec::new(),
         timeout: Duration::from_secs(args.timeout),
+        progress: None,
     };
     Ok((endpoint, exam))
 }

@@ -54,6 +54,8 @@ pub struct ExaminerSettings {
     pub seed: u64,
     /// The UUID to hand out; `None`: a random UUID-v4-looking string.
     pub uuid: Option<String>,
+    /// Logins to ignore before serving one, to exercise the responder's login timeout.
+    pub ignore_logins: usize,
 }
 
 impl Default for ExaminerSettings {
@@ -80,6 +82,7 @@ impl Default for ExaminerSettings {
             replies: ReplyTable::seed(),
             seed: 0,
             uuid: None,
+            ignore_logins: 0,
         }
     }
 }
@@ -251,6 +254,8 @@ pub struct Examiner {
     phase: Phase,
     /// The user served, once a login arrived.
     user_id: Option<String>,
+    /// Logins ignored so far (see [`ExaminerSettings::ignore_logins`]).
+    ignored_logins: usize,
     rendered: Option<Rendered>,
     /// The broker's cap from the latest CONNACK.
     broker_qos: QoS,
@@ -321,6 +326,7 @@ impl Examiner {
             timed_out: false,
             completion_sent: false,
             failure: None,
+            connection_losses: 0,
         };
         Ok(Examiner {
             uuid_payload: Bytes::from(uuid.clone()),
@@ -331,6 +337,7 @@ impl Examiner {
             rng,
             phase: Phase::WaitingForLogin,
             user_id: None,
+            ignored_logins: 0,
             rendered: None,
             broker_qos: QoS::ExactlyOnce,
             reply_qos: QoS::ExactlyOnce,
@@ -374,6 +381,7 @@ impl Examiner {
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
         self.pending_subs.clear();
+        self.report.connection_losses += 1;
     }
 
     /// The SUBACK for `topic`: the granted QoS, or `None` when refused.
@@ -500,6 +508,11 @@ impl Examiner {
         self.rendered.as_ref().map(|r| r.command_topic.as_str())
     }
 
+    /// Commands sent and answered so far (cheap, for progress reports).
+    pub fn answered(&self) -> usize {
+        self.sent_total - self.outstanding_total
+    }
+
     /// The UUID handed out (or to be handed out).
     pub fn uuid(&self) -> &str {
         &self.uuid
@@ -538,6 +551,11 @@ impl Examiner {
             }
         }
         match self.phase {
+            Phase::WaitingForLogin if self.ignored_logins < self.settings.ignore_logins => {
+                self.ignored_logins += 1;
+                info!(user_id, "ignoring login {} as told", self.ignored_logins);
+                return;
+            }
             Phase::WaitingForLogin => {}
             // The responder logged in again (it missed the UUID): the same UUID, again.
             Phase::Delaying | Phase::Sending => {
@@ -778,6 +796,8 @@ pub struct Report {
     pub completion_sent: bool,
     /// Why the run was abandoned early (a refused subscription, an unusable topic).
     pub failure: Option<String>,
+    /// Times the examiner's own connection was lost (it resumes its session each time).
+    pub connection_losses: u64,
 }
 
 /// Results for one command.
@@ -940,6 +960,13 @@ impl fmt::Display for Report {
                 self.unexpected, self.late
             )?;
         }
+        if self.connection_losses > 0 {
+            writeln!(
+                f,
+                "examiner connection lost {} times (resumed)",
+                self.connection_losses
+            )?;
+        }
         if self.passed() {
             write!(f, "PASS (uuid {}, qos {})", self.uuid, self.expected_qos)
         } else {
@@ -1024,6 +1051,50 @@ mod tests {
         assert_eq!(e.phase(), Phase::Delaying);
         actions(&mut e);
         e
+    }
+
+    #[test]
+    fn ignores_the_first_logins_when_told() {
+        let t = Instant::now();
+        let mut e = Examiner::new(
+            ExaminerSettings {
+                ignore_logins: 2,
+                ..settings()
+            },
+            t,
+        )
+        .unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t);
+        actions(&mut e);
+        for _ in 0..2 {
+            e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+            assert_eq!(e.phase(), Phase::WaitingForLogin);
+            assert_eq!(actions(&mut e), []);
+        }
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        assert_eq!(e.phase(), Phase::SubscribingReplies);
+        assert_eq!(
+            actions(&mut e),
+            [Action::Subscribe {
+                topic: format!("{UUID}/+"),
+                qos: QoS::ExactlyOnce
+            }]
+        );
+        // A login from someone else is not counted as an ignored one.
+        let mut e = Examiner::new(
+            ExaminerSettings {
+                ignore_logins: 1,
+                ..settings()
+            },
+            t,
+        )
+        .unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_message("login", b"someone-else", QoS::ExactlyOnce, t);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        assert_eq!(e.phase(), Phase::WaitingForLogin);
+        assert_eq!(e.answered(), 0);
     }
 
     /// The commands among `actions` (publishes on the command topic, completion excluded).

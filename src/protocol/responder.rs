@@ -225,6 +225,10 @@ pub struct Responder {
     /// A refused subscription waiting for [`Timer::Resubscribe`].
     retry: Option<Sub>,
     resubscribe_delay: Duration,
+    /// The wait for the UUID after the next login: `login_timeout`, doubled after each
+    /// timeout up to `login_wait_cap`, back to `login_timeout` once a UUID arrives.
+    login_wait: Duration,
+    login_wait_cap: Duration,
     timers: TimerTable,
     actions: VecDeque<Action>,
     stats: Stats,
@@ -284,6 +288,8 @@ impl Responder {
             commands_subscribed: false,
             retry: None,
             resubscribe_delay: FIRST_RESUBSCRIBE_DELAY,
+            login_wait: session.login_timeout,
+            login_wait_cap: session.login_timeout,
             timers: TimerTable::default(),
             actions: VecDeque::new(),
             stats: Stats {
@@ -291,6 +297,13 @@ impl Responder {
                 ..Stats::default()
             },
         }
+    }
+
+    /// Lets the wait for the UUID double after each login timeout, up to `cap` (the
+    /// daemon passes `reconnect.max_delay`), so a peer that never answers is not asked
+    /// at a fixed rate forever. Without it every wait is `login_timeout`.
+    pub fn set_login_backoff_cap(&mut self, cap: Duration) {
+        self.login_wait_cap = cap.max(self.login_timeout);
     }
 
     /// A CONNACK arrived. `max_qos` is the broker's cap (MQTT 5 CONNACK; `ExactlyOnce` for
@@ -440,9 +453,12 @@ impl Responder {
             match timer {
                 Timer::LoginTimeout => {
                     if self.phase == Phase::WaitingForUuid {
+                        let waited = self.login_wait;
+                        self.login_wait = (waited * 2).min(self.login_wait_cap);
                         warn!(
-                            "no UUID within {}s, logging in again",
-                            self.login_timeout.as_secs_f64()
+                            "no UUID within {}s, logging in again (next wait {}s)",
+                            waited.as_secs_f64(),
+                            self.login_wait.as_secs_f64()
                         );
                         self.login(now);
                     }
@@ -535,6 +551,7 @@ impl Responder {
         info!(uuid = %accepted.uuid, "UUID received");
         self.accepted = Some(accepted);
         self.timers.stop(Timer::LoginTimeout);
+        self.login_wait = self.login_timeout;
         // A retry of the UUID subscription is moot now.
         if self.retry == Some(Sub::Uuid) {
             self.retry = None;
@@ -742,8 +759,7 @@ impl Responder {
             correlation_data: None,
             kind: OutgoingKind::Login,
         }));
-        self.timers
-            .set(Timer::LoginTimeout, now + self.login_timeout);
+        self.timers.set(Timer::LoginTimeout, now + self.login_wait);
         self.set_phase(Phase::WaitingForUuid);
     }
 
@@ -1220,6 +1236,40 @@ mod tests {
         assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
         assert_eq!(r.poll_timeout(), Some(deadline + Duration::from_secs(30)));
         assert_eq!(r.phase(), Phase::WaitingForUuid);
+    }
+
+    #[test]
+    fn login_timeout_backs_off_up_to_the_cap_and_resets_with_the_uuid() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.set_login_backoff_cap(Duration::from_secs(100));
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), t);
+        actions(&mut r);
+        // 30 s, then 60, then 100 (the cap), and it stays there.
+        let mut now = t;
+        for wait in [30, 60, 100, 100] {
+            let deadline = now + Duration::from_secs(wait);
+            assert_eq!(r.poll_timeout(), Some(deadline), "wait {wait}");
+            r.handle_timeout(deadline);
+            assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
+            now = deadline;
+        }
+        // A reconnect before the UUID keeps the grown wait (the peer is still silent).
+        r.handle_disconnected(now);
+        r.handle_connected(false, QoS::ExactlyOnce, now);
+        r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), now);
+        actions(&mut r);
+        assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(100)));
+        // The UUID resets it: a later login (a new broker session) waits 30 s again.
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        assert_eq!(r.login_wait, Duration::from_secs(30));
+        // A cap below login_timeout means no growth at all.
+        let mut r = waiting(&session(), t);
+        r.set_login_backoff_cap(Duration::from_secs(1));
+        r.handle_timeout(t + Duration::from_secs(30));
+        actions(&mut r);
+        assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(60)));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! * [`Mosquitto`] runs a real `mosquitto` child process on a free loopback port with its
 //!   own config, password file, persistence and log file in a private temp dir.
 //! * [`EmbeddedBroker`] runs rumqttd 0.20 in-process (MQTT 3.1.1 and 5) on free ports.
+//! * [`proxy::Proxy`] sits between the daemon and a broker and injects faults (cuts,
+//!   refused connections, a black hole).
 //! * [`free_port`], [`write_config`], [`wait_until`] are small helpers.
 //!
 //! Rules this module follows (and that tests built on it must keep): no sleeps as
@@ -30,6 +32,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+pub mod proxy;
 
 /// How long a broker may take to accept TCP after being started.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -793,6 +797,86 @@ pub mod raw {
             v4::Packet::ConnAck(ack) => Ok((conn, ack)),
             other => bail!("expected CONNACK, got {other:?}"),
         }
+    }
+
+    /// CONNECT with a persistent session — 3.1.1 clean session off, MQTT 5 clean start off
+    /// with a 600 s session expiry — as a client that takes another's session over would;
+    /// returns the open stream after an accepted CONNACK.
+    pub fn connect_persistent(port: u16, client_id: &str, v5: bool) -> Result<TcpStream> {
+        let mut stream = open(port)?;
+        let mut out = BytesMut::new();
+        if v5 {
+            let connect = v5::Connect {
+                keep_alive: 30,
+                client_id: client_id.to_owned(),
+                clean_start: false,
+                properties: Some(v5::ConnectProperties {
+                    session_expiry_interval: Some(600),
+                    ..v5::ConnectProperties::new()
+                }),
+            };
+            v5::Packet::Connect(connect, None, None)
+                .write(&mut out, None)
+                .map_err(|e| anyhow!("encode v5 CONNECT: {e:?}"))?;
+        } else {
+            let mut connect = v4::Connect::new(client_id);
+            connect.keep_alive = 30;
+            connect.clean_session = false;
+            v4::Packet::Connect(connect)
+                .write(&mut out, MAX_PACKET)
+                .map_err(|e| anyhow!("encode CONNECT: {e:?}"))?;
+        }
+        stream.write_all(&out).context("write to broker")?;
+        let mut buf = BytesMut::new();
+        let accepted = read_until(&mut stream, &mut buf, |b| {
+            if v5 {
+                match v5::Packet::read(b, Some(MAX_PACKET as u32)) {
+                    Ok(v5::Packet::ConnAck(ack)) => {
+                        Ok(Some(ack.code == v5::ConnectReturnCode::Success))
+                    }
+                    Ok(other) => Err(anyhow!("expected CONNACK, got {other:?}")),
+                    Err(mqttbytes5::Error::InsufficientBytes(_)) => Ok(None),
+                    Err(e) => Err(anyhow!("bad v5 packet from broker: {e:?}")),
+                }
+            } else {
+                match v4::Packet::read(b, MAX_PACKET) {
+                    Ok(v4::Packet::ConnAck(ack)) => {
+                        Ok(Some(ack.code == v4::ConnectReturnCode::Success))
+                    }
+                    Ok(other) => Err(anyhow!("expected CONNACK, got {other:?}")),
+                    Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                    Err(e) => Err(anyhow!("bad packet from broker: {e:?}")),
+                }
+            }
+        })?;
+        if !accepted {
+            bail!("the broker refused the CONNECT of {client_id}");
+        }
+        Ok(stream)
+    }
+
+    /// Reads (and discards) until the broker closes `stream`; false if it is still open
+    /// after `timeout`.
+    pub fn wait_closed(stream: &mut TcpStream, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 4096];
+        let max_reads = 100_000;
+        for _ in 0..max_reads {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// MQTT 5 CONNECT (clean start, keep-alive 30 s) and the broker's CONNACK.

@@ -1,0 +1,305 @@
+//! A fault-injecting TCP proxy on 127.0.0.1, between the daemon and a broker.
+//!
+//! [`Proxy::start`] listens on a free loopback port and forwards every connection to the
+//! upstream port, one pair of std threads per connection. While it runs, a test can:
+//!
+//! * [`cut_all`](Proxy::cut_all): close both sides of every current connection (FIN to the
+//!   client and to the broker, as when a NAT box or a Wi-Fi link drops the flow);
+//! * [`refuse`](Proxy::refuse): accept new connections and close them at once, until
+//!   [`forward`](Proxy::forward);
+//! * [`black_hole`](Proxy::black_hole): stop forwarding in both directions while keeping
+//!   every socket open (a half-open link: nothing arrives, nothing fails), until
+//!   [`forward`](Proxy::forward), which lets the held bytes through again.
+//!
+//! It counts the connections it accepted ([`accepted`](Proxy::accepted)). Every loop is
+//! bounded in time ([`LIFETIME`]) and paced by short socket timeouts; dropping the proxy
+//! stops it, closes every socket and joins every thread.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::local_addr;
+
+/// Upper bound on the life of a proxy and each of its threads.
+pub const LIFETIME: Duration = Duration::from_secs(300);
+/// How long a blocked accept or read waits before the thread looks at its flags again.
+const TICK: Duration = Duration::from_millis(5);
+/// Bound on connecting to the upstream port, and on one write to a peer that stopped
+/// reading.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on the reads of one pump (far above what a test moves).
+const MAX_READS: usize = 50_000_000;
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Forward both ways.
+    Forward = 0,
+    /// Accept new connections and close them at once; current ones keep forwarding.
+    Refuse = 1,
+    /// Forward nothing, close nothing (new connections are accepted and held too).
+    BlackHole = 2,
+}
+
+/// One proxied connection: handles to both sockets, for cutting it from outside.
+struct Conn {
+    client: TcpStream,
+    upstream: TcpStream,
+    cut: Arc<AtomicBool>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.upstream.shutdown(Shutdown::Both);
+    }
+
+    fn is_finished(&self) -> bool {
+        self.pumps.iter().all(JoinHandle::is_finished)
+    }
+
+    fn join(self) {
+        for pump in self.pumps {
+            let _ = pump.join();
+        }
+    }
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    mode: AtomicU8,
+    stop: AtomicBool,
+    accepted: AtomicUsize,
+    refused: AtomicUsize,
+    conns: Mutex<Vec<Conn>>,
+}
+
+impl Shared {
+    fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => Mode::Refuse,
+            2 => Mode::BlackHole,
+            _ => Mode::Forward,
+        }
+    }
+}
+
+/// The proxy; see the module documentation.
+pub struct Proxy {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Listens on a free 127.0.0.1 port and forwards to 127.0.0.1:`upstream_port`.
+    pub fn start(upstream_port: u16) -> Proxy {
+        let listener = TcpListener::bind(local_addr(0)).expect("bind the proxy on 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking proxy listener");
+        let port = listener.local_addr().expect("proxy address").port();
+        let shared = Arc::new(Shared {
+            upstream: local_addr(upstream_port),
+            mode: AtomicU8::new(Mode::Forward as u8),
+            stop: AtomicBool::new(false),
+            accepted: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            conns: Mutex::new(Vec::new()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("proxy-{port}"))
+                .spawn(move || accept_loop(&listener, &shared))
+                .expect("spawn the proxy thread")
+        };
+        Proxy {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connections accepted so far (refused ones included).
+    pub fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted and closed at once because the proxy was refusing.
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections currently open through the proxy.
+    pub fn open_connections(&self) -> usize {
+        let conns = self.shared.conns.lock().expect("proxy lock");
+        conns.iter().filter(|c| !c.is_finished()).count()
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode()
+    }
+
+    /// Forward both ways again (ends [`refuse`](Self::refuse) and
+    /// [`black_hole`](Self::black_hole)).
+    pub fn forward(&self) {
+        self.shared
+            .mode
+            .store(Mode::Forward as u8, Ordering::SeqCst);
+    }
+
+    /// Close new connections right after accepting them.
+    pub fn refuse(&self) {
+        self.shared.mode.store(Mode::Refuse as u8, Ordering::SeqCst);
+    }
+
+    /// Stop forwarding in both directions, keeping every socket open.
+    pub fn black_hole(&self) {
+        self.shared
+            .mode
+            .store(Mode::BlackHole as u8, Ordering::SeqCst);
+    }
+
+    /// Closes both sides of every current connection; returns how many there were.
+    pub fn cut_all(&self) -> usize {
+        let conns: Vec<Conn> = std::mem::take(&mut *self.shared.conns.lock().expect("proxy lock"));
+        let n = conns.iter().filter(|c| !c.is_finished()).count();
+        for conn in &conns {
+            conn.close();
+        }
+        for conn in conns {
+            conn.join();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        self.cut_all();
+    }
+}
+
+/// Accepts until stopped (or [`LIFETIME`]); reaps finished connections as it goes.
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let deadline = Instant::now() + LIFETIME;
+    let max_ticks = LIFETIME.as_millis() / TICK.as_millis() + 1;
+    for _ in 0..max_ticks {
+        if shared.stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            break;
+        }
+        match listener.accept() {
+            Ok((client, _)) => {
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                handle_new(client, shared);
+            }
+            // Paces the loop: the listener is non-blocking so the stop flag is seen.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(TICK),
+            Err(_) => thread::sleep(TICK),
+        }
+        let finished: Vec<Conn> = {
+            let mut conns = shared.conns.lock().expect("proxy lock");
+            let (done, live) = std::mem::take(&mut *conns)
+                .into_iter()
+                .partition(Conn::is_finished);
+            *conns = live;
+            done
+        };
+        finished.into_iter().for_each(Conn::join);
+    }
+}
+
+fn handle_new(client: TcpStream, shared: &Arc<Shared>) {
+    if shared.mode() == Mode::Refuse {
+        shared.refused.fetch_add(1, Ordering::SeqCst);
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, UPSTREAM_TIMEOUT) else {
+        // Broker down: the client sees the connection close, as with a refused connect.
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
+        client.try_clone(),
+        upstream.try_clone(),
+        client.try_clone(),
+        upstream.try_clone(),
+    ) else {
+        return;
+    };
+    for s in [&client, &upstream] {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(TICK));
+        let _ = s.set_write_timeout(Some(UPSTREAM_TIMEOUT));
+    }
+    let cut = Arc::new(AtomicBool::new(false));
+    let spawn = |from: TcpStream, to: TcpStream, name: &str| {
+        let shared = Arc::clone(shared);
+        let cut = Arc::clone(&cut);
+        thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || pump(from, to, &shared, &cut))
+            .expect("spawn a proxy pump")
+    };
+    let pumps = vec![
+        spawn(c2, upstream, "proxy-up"),
+        spawn(u2, client, "proxy-down"),
+    ];
+    shared.conns.lock().expect("proxy lock").push(Conn {
+        client: c3,
+        upstream: u3,
+        cut,
+        pumps,
+    });
+}
+
+/// Copies `from` → `to` while forwarding; holds still in a black hole; on end of stream,
+/// an error or a cut, closes both sockets so the other direction ends too.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, cut: &AtomicBool) {
+    let deadline = Instant::now() + LIFETIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..MAX_READS {
+        if cut.load(Ordering::SeqCst)
+            || shared.stop.load(Ordering::SeqCst)
+            || Instant::now() >= deadline
+        {
+            break;
+        }
+        if shared.mode() == Mode::BlackHole {
+            // Not reading: the bytes wait in the kernel, the peer sees silence.
+            thread::sleep(TICK);
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
