@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, ReplyTable};
 use crate::driver::{self, App, End};
+use crate::mqtt::QoS;
 use crate::mqtt::packet::{ConnectCode, Publish};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
 use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
+use crate::state::{RunState, SavedReply, StateFile};
 use crate::transport::Endpoint;
 
 /// A connection that stayed up this long resets the backoff and the attempt counter.
@@ -64,23 +66,35 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
     let addr = endpoint.addr();
     let broker = &config.broker;
     let user = broker.username.as_deref().unwrap_or("(anonymous)");
-    let mut session = Session::new(
-        SessionConfig {
-            protocol: broker.protocol,
-            client_id: broker.client_id.clone(),
-            username: broker.username.clone(),
-            password: broker.password.clone(),
-            keep_alive: broker.keep_alive,
-            max_inflight: broker.max_inflight,
-            max_incoming_packet: config.session.max_payload_bytes + PACKET_OVERHEAD,
-            session_expiry: SESSION_EXPIRY_SECS,
-            will: None,
-            manual_acks: true,
-            clean_first: true,
-        },
-        started,
-    );
+    let session_config = SessionConfig {
+        protocol: broker.protocol,
+        client_id: broker.client_id.clone(),
+        username: broker.username.clone(),
+        password: broker.password.clone(),
+        keep_alive: broker.keep_alive,
+        max_inflight: broker.max_inflight,
+        max_incoming_packet: config.session.max_payload_bytes + PACKET_OVERHEAD,
+        session_expiry: SESSION_EXPIRY_SECS,
+        will: None,
+        manual_acks: true,
+        clean_first: true,
+    };
     let mut app = ResponderApp::new(config);
+    let journal = config
+        .session
+        .state_dir
+        .as_deref()
+        .map(|dir| Journal::new(dir, &broker.client_id, &addr));
+    let restored = journal.as_ref().and_then(Journal::load);
+    let mut session = match restored {
+        Some(state) => {
+            let mut session = Session::restore(session_config, state.session.clone(), started);
+            app.restore(&state, &mut session);
+            session
+        }
+        None => Session::new(session_config, started),
+    };
+    app.journal = journal;
     let mut backoff = Backoff::new(config.reconnect.initial_delay, config.reconnect.max_delay);
     // Failed connection attempts in a row (SPEC §3): refused or unreachable, and also
     // connections lost before they stayed up for STABLE_AFTER.
@@ -223,6 +237,7 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
             () = shutdown.cancelled() => break Outcome::Stopped,
         }
     };
+    app.finish_journal(outcome, &mut session);
     app.log_summary(outcome, reconnects, started.elapsed());
     outcome
 }
@@ -271,13 +286,96 @@ impl TakeoverWatch {
 
 /// The responder wired to a session: maps subscriptions and replies to the packet ids and
 /// tokens the session hands out.
+/// The state file with what was last saved to it.
+struct Journal {
+    file: StateFile,
+    client_id: String,
+    broker: String,
+    saved_uuid: Option<String>,
+    saved_draining: bool,
+    /// A save failed: said once, then kept quiet until one succeeds again.
+    failing: bool,
+}
+
+impl Journal {
+    fn new(dir: &std::path::Path, client_id: &str, broker: &str) -> Journal {
+        Journal {
+            file: StateFile::new(dir),
+            client_id: client_id.to_owned(),
+            broker: broker.to_owned(),
+            saved_uuid: None,
+            saved_draining: false,
+            failing: false,
+        }
+    }
+
+    /// The state a previous process left for this client and broker, if any.
+    fn load(&self) -> Option<RunState> {
+        match self.file.load() {
+            Ok(Some(state)) if state.client_id == self.client_id && state.broker == self.broker => {
+                Some(state)
+            }
+            Ok(Some(state)) => {
+                tracing::warn!(
+                    "{} belongs to client {} on {}, not {} on {}; starting fresh",
+                    self.file.path().display(),
+                    state.client_id,
+                    state.broker,
+                    self.client_id,
+                    self.broker
+                );
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("ignoring the state file: {e}; starting fresh");
+                None
+            }
+        }
+    }
+
+    fn save(&mut self, state: &RunState) {
+        match self.file.save(state) {
+            Ok(()) => {
+                self.saved_uuid.clone_from(&state.uuid);
+                self.saved_draining = state.draining;
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("state file {} written again", self.file.path().display());
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(
+                        "cannot write the state file: {e}; answering on, but a crash now \
+                         would not resume this run"
+                    );
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if let Err(e) = self.file.clear() {
+            tracing::error!("cannot remove the state file: {e}; the next run may resume this one");
+        }
+    }
+}
+
 struct ResponderApp {
     responder: Responder,
+    /// What a fresh responder is built from (a restored run the broker forgot starts over).
+    session_settings: crate::config::Session,
+    reply_table: ReplyTable,
+    login_backoff_cap: Duration,
     drain_timeout: Duration,
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
-    /// Reply publish → the command it answers.
-    replies: HashMap<PublishToken, MessageId>,
+    /// Reply publish → the command message it answers, and the command.
+    replies: HashMap<PublishToken, (MessageId, String)>,
+    /// The crash-resume state file, when `session.state_dir` is set.
+    journal: Option<Journal>,
+    /// State from a previous process, until the broker confirms it kept the session.
+    restored: bool,
     /// SIGTERM/SIGINT received: no new work.
     stopping: bool,
     stop_deadline: Option<Instant>,
@@ -293,6 +391,9 @@ impl ResponderApp {
         responder.set_login_backoff_cap(config.reconnect.max_delay);
         ResponderApp {
             responder,
+            session_settings: config.session.clone(),
+            reply_table: config.replies.clone(),
+            login_backoff_cap: config.reconnect.max_delay,
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
             replies: HashMap::new(),
@@ -301,6 +402,82 @@ impl ResponderApp {
             disconnect_sent: false,
             rejected: 0,
             broker_disconnect_reason: None,
+            journal: None,
+            restored: false,
+        }
+    }
+
+    /// Takes over the run a previous process left: its replies in flight and its UUID.
+    fn restore(&mut self, state: &RunState, session: &mut Session) {
+        let in_flight: Vec<(MessageId, String)> = state
+            .replies
+            .iter()
+            .map(|r| (MessageId(r.message_id), r.command.clone()))
+            .collect();
+        if let Some(uuid) = &state.uuid {
+            let qos = QoS::try_from(state.qos).unwrap_or(QoS::ExactlyOnce);
+            if let Err(why) = self
+                .responder
+                .restore(uuid, &in_flight, state.draining, qos)
+            {
+                tracing::warn!("cannot resume on the saved UUID ({why}); starting afresh");
+                session.discard_all();
+                return;
+            }
+        }
+        self.replies = state
+            .replies
+            .iter()
+            .map(|r| {
+                let id = MessageId(r.message_id);
+                (PublishToken(r.token), (id, r.command.clone()))
+            })
+            .collect();
+        // A command surfaced but never answered must come again from the broker.
+        let answered: Vec<MessageId> = self.replies.values().map(|(id, _)| *id).collect();
+        session.forget_unacked(|id| answered.contains(&id));
+        self.restored = true;
+    }
+
+    /// Saves the state file if anything it holds changed (before the packets that the
+    /// change guards are written).
+    fn persist(&mut self, session: &mut Session) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        let uuid = self.responder.uuid();
+        let draining = self.responder.is_draining();
+        let changed = session.take_dirty()
+            || journal.saved_uuid.as_deref() != uuid
+            || journal.saved_draining != draining;
+        if !changed {
+            return;
+        }
+        let mut state = RunState::new(&journal.client_id, &journal.broker, session.snapshot());
+        state.uuid = uuid.map(str::to_owned);
+        state.draining = draining;
+        state.qos = self.responder.effective_qos().as_u8();
+        state.replies = self
+            .replies
+            .iter()
+            .map(|(token, (id, command))| SavedReply {
+                token: token.0,
+                message_id: id.0,
+                command: command.clone(),
+            })
+            .collect();
+        journal.save(&state);
+    }
+
+    /// A completed run clears the file, so the next run starts fresh; any other end keeps
+    /// it, so the next run resumes.
+    fn finish_journal(&mut self, outcome: Outcome, session: &mut Session) {
+        if outcome == Outcome::Completed {
+            if let Some(journal) = &self.journal {
+                journal.clear();
+            }
+        } else {
+            self.persist(session);
         }
     }
 
@@ -329,8 +506,12 @@ impl ResponderApp {
                         correlation_data: out.correlation_data,
                     };
                     let token = session.publish(publish, now);
-                    if let OutgoingKind::Reply { in_reply_to, .. } = out.kind {
-                        self.replies.insert(token, in_reply_to);
+                    if let OutgoingKind::Reply {
+                        in_reply_to,
+                        command,
+                    } = out.kind
+                    {
+                        self.replies.insert(token, (in_reply_to, command));
                     }
                 }
                 Action::Ack(id) => session.ack(id, now),
@@ -347,7 +528,7 @@ impl ResponderApp {
     }
 
     fn reply_done(&mut self, token: PublishToken, session: &mut Session, now: Instant) {
-        if let Some(id) = self.replies.remove(&token) {
+        if let Some((id, _)) = self.replies.remove(&token) {
             // The command is acknowledged only now: had we died before, the broker would
             // have redelivered it and it would still get its reply.
             session.ack(id, now);
@@ -397,6 +578,18 @@ impl App for ResponderApp {
                         .map_or("unlimited".to_owned(), |s| s.to_string()),
                     if caps.retain_available { "yes" } else { "no" },
                 );
+                if std::mem::take(&mut self.restored) && !session_present {
+                    // Resuming needs the broker's half of the session; without it the
+                    // saved UUID leads nowhere.
+                    tracing::warn!(
+                        "the broker no longer has the session a previous process left; \
+                         logging in afresh"
+                    );
+                    session.discard_all();
+                    self.replies.clear();
+                    self.responder = Responder::new(&self.session_settings, &self.reply_table);
+                    self.responder.set_login_backoff_cap(self.login_backoff_cap);
+                }
                 self.responder
                     .handle_connected(session_present, caps.max_qos, now);
             }
@@ -483,6 +676,10 @@ impl App for ResponderApp {
 
     fn wants_disconnect(&self) -> bool {
         self.disconnect_sent
+    }
+
+    fn before_transmit(&mut self, session: &mut Session) {
+        self.persist(session);
     }
 }
 

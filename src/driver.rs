@@ -25,6 +25,11 @@ pub trait App {
     fn handle_shutdown(&mut self, session: &mut Session, now: Instant);
     /// Whether the app has called `session.disconnect()` and the connection should close.
     fn wants_disconnect(&self) -> bool;
+    /// Called before the session's pending bytes are written: the place to save state
+    /// that must reach the disk before the packets it guards reach the wire.
+    fn before_transmit(&mut self, session: &mut Session) {
+        let _ = session;
+    }
 }
 
 /// How a connection ended.
@@ -71,6 +76,7 @@ pub async fn run_connection(
     };
 
     loop {
+        app.before_transmit(session);
         while let Some(bytes) = session.poll_transmit() {
             if let Err(e) = stream.write_all(&bytes).await {
                 session.handle_transport_down();

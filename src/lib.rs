@@ -25,5 +25,6 @@ pub mod examine_command;
 pub mod logging;
 pub mod mqtt;
 pub mod protocol;
+pub mod state;
 pub mod topic;
 pub mod transport;

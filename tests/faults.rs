@@ -14,8 +14,8 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ struct Scenario {
     wait_ready: bool,
     /// Bound on the exchange.
     timeout: Duration,
+    /// Give the daemon a `state_dir` (crash-safe resume).
+    state_dir: bool,
 }
 
 impl Scenario {
@@ -79,6 +81,7 @@ impl Scenario {
             ignore_logins: 0,
             wait_ready: true,
             timeout: EXCHANGE_TIMEOUT,
+            state_dir: false,
         }
     }
 
@@ -86,11 +89,14 @@ impl Scenario {
         format!("mqtt-responder-{}", self.user)
     }
 
-    fn config_toml(&self, port: u16) -> String {
+    fn config_toml(&self, port: u16, state_dir: Option<&Path>) -> String {
+        let state_dir = state_dir
+            .map(|d| format!("state_dir = \"{}\"\n", d.display()))
+            .unwrap_or_default();
         format!(
             "[broker]\nhost = \"127.0.0.1\"\nport = {port}\nprotocol = \"{}\"\n\
              keep_alive_secs = {KEEP_ALIVE_SECS}\nconnect_timeout_secs = 2\n\n\
-             [session]\nuser_id = \"{}\"\nqos = {}\nlogin_timeout_secs = {}\n\n\
+             [session]\nuser_id = \"{}\"\nqos = {}\nlogin_timeout_secs = {}\n{state_dir}\n\
              [reconnect]\ninitial_delay_ms = 100\nmax_delay_secs = {}\nmax_attempts = 0\n",
             self.protocol, self.user, self.qos, self.login_timeout_secs, self.max_delay_secs
         )
@@ -100,11 +106,16 @@ impl Scenario {
     /// what `faults` returned (e.g. a broker it started, kept alive until the end).
     fn run<T: Send>(self, faults: impl FnOnce(&Watch) -> T + Send) -> (Outcome, T) {
         let dir = tempfile::tempdir().unwrap();
-        let daemon_config = write_config(dir.path(), &self.config_toml(self.daemon_port));
+        let state_dir = dir.path().join("state");
+        fs::create_dir_all(&state_dir).unwrap();
+        let daemon_config = write_config(
+            dir.path(),
+            &self.config_toml(self.daemon_port, self.state_dir.then_some(&*state_dir)),
+        );
         let (daemon_cfg, _) = config::load(&daemon_config).expect("test config is valid");
         // The examiner's endpoint: the same settings, straight to the broker.
         let peer_dir = tempfile::tempdir().unwrap();
-        let peer_config = write_config(peer_dir.path(), &self.config_toml(self.broker_port));
+        let peer_config = write_config(peer_dir.path(), &self.config_toml(self.broker_port, None));
         let (peer_cfg, _) = config::load(&peer_config).expect("test config is valid");
         let mut settings = ExaminerSettings::from_session(&daemon_cfg.session, &daemon_cfg.replies);
         settings.commands = self.commands;
@@ -124,6 +135,9 @@ impl Scenario {
             answered: Arc::new(AtomicUsize::new(0)),
             log_path: log_path.clone(),
             started: Instant::now(),
+            daemon: Mutex::new(None),
+            spawn_args: (daemon_config.clone(), dir.path().to_owned()),
+            state_file: state_dir.join("state.json"),
         };
         let progress = Arc::clone(&watch.answered);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -148,7 +162,7 @@ impl Scenario {
                         .expect("the examiner subscribes to logins within 10 s")
                         .expect("the examiner reports readiness");
                 }
-                let daemon = Daemon::spawn(&daemon_config, dir.path(), &log_path);
+                watch.start_daemon();
                 let faults = scope.spawn(|| faults(&watch));
                 let report = tokio::time::timeout(self.timeout, peer)
                     .await
@@ -160,12 +174,12 @@ impl Scenario {
                     })
                     .unwrap()
                     .expect("the examiner runs to its report");
-                (report, daemon, faults)
+                (report, watch.take_daemon(), faults)
             });
             let faults = faults
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            let exit_code = daemon.wait(EXIT_TIMEOUT);
+            let exit_code = daemon.and_then(|d| d.wait(EXIT_TIMEOUT));
             let outcome = Outcome {
                 report,
                 exit_code,
@@ -177,14 +191,42 @@ impl Scenario {
     }
 }
 
-/// What a fault thread can look at: the examiner's progress and the daemon's log.
+/// What a fault thread can look at: the examiner's progress and the daemon's log; and
+/// the daemon itself, to kill and start again.
 struct Watch {
     answered: Arc<AtomicUsize>,
     log_path: PathBuf,
     started: Instant,
+    daemon: Mutex<Option<Daemon>>,
+    /// Config file and working directory of the daemon.
+    spawn_args: (PathBuf, PathBuf),
+    /// Where the daemon keeps its crash-resume state (with `Scenario::state_dir`).
+    state_file: PathBuf,
 }
 
 impl Watch {
+    /// Starts the daemon (again), appending to the same log.
+    fn start_daemon(&self) {
+        let (config, dir) = &self.spawn_args;
+        let daemon = Daemon::spawn(config, dir, &self.log_path);
+        *self.daemon.lock().unwrap() = Some(daemon);
+    }
+
+    /// SIGKILLs the daemon (no chance to save or say goodbye) and reaps it.
+    fn kill_daemon(&self) {
+        let daemon = self.daemon.lock().unwrap().take();
+        if let Some(mut daemon) = daemon
+            && let Some(mut child) = daemon.0.take()
+        {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn take_daemon(&self) -> Option<Daemon> {
+        self.daemon.lock().unwrap().take()
+    }
+
     /// Commands answered so far (as the examiner counts them).
     fn answered(&self) -> usize {
         self.answered.load(Ordering::Relaxed)
@@ -211,7 +253,11 @@ struct Daemon(Option<Child>);
 
 impl Daemon {
     fn spawn(config: &Path, dir: &Path, log: &Path) -> Daemon {
-        let stderr = fs::File::create(log).unwrap();
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config", config.to_str().unwrap()])
             .current_dir(dir)
@@ -671,4 +717,63 @@ fn chaos_10000_commands_qos2_cuts_and_restarts() {
     assert!(cuts + restarts >= 3, "too few faults injected");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(outcome.assert_all_answered(commands), 0);
+}
+
+/// The daemon is SIGKILLed mid-stream and started again: with a state file it resumes the
+/// same broker session and UUID and answers what was pending — at QoS 2 nothing twice.
+fn sigkill_mid_stream(qos: u8) -> u64 {
+    let broker = require_mosquitto_or!(0).start().unwrap();
+    let commands = 400;
+    let mut scenario = Scenario::new(
+        broker.port(),
+        broker.port(),
+        &format!("kill-q{qos}"),
+        qos,
+        commands,
+    );
+    scenario.state_dir = true;
+    let (outcome, state_file) = scenario.run(|w| {
+        assert!(w.wait_answered(commands / 3, Duration::from_secs(20)));
+        w.kill_daemon();
+        let answered_at_kill = w.answered();
+        assert!(w.state_file.exists(), "no state file while answering");
+        w.start_daemon();
+        (answered_at_kill, w.state_file.clone())
+    });
+    outcome.print(&format!("SIGKILL at QoS {qos}"));
+    let (answered_at_kill, state_file) = state_file;
+    assert!(answered_at_kill < commands, "killed too late to matter");
+    assert!(
+        outcome
+            .log
+            .contains("resuming the run a previous process left"),
+        "{}",
+        outcome.log
+    );
+    assert_eq!(
+        outcome
+            .log
+            .matches("logged in, waiting for the UUID")
+            .count(),
+        1,
+        "the restarted daemon must resume, not log in again:\n{}",
+        outcome.log
+    );
+    let duplicates = outcome.assert_all_answered(commands);
+    assert!(
+        !state_file.exists(),
+        "a completed run clears its state file"
+    );
+    duplicates
+}
+
+#[test]
+fn sigkill_mid_stream_qos2_resumes_and_answers_nothing_twice() {
+    assert_eq!(sigkill_mid_stream(2), 0);
+}
+
+#[test]
+fn sigkill_mid_stream_qos1_resumes_and_answers_everything() {
+    let duplicates = sigkill_mid_stream(1);
+    println!("SIGKILL at QoS 1: {duplicates} duplicates (at least once)");
 }

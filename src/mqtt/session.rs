@@ -122,7 +122,7 @@ enum Link {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Awaiting {
     /// QoS 1 sent, waiting for PUBACK.
     Ack,
@@ -139,7 +139,7 @@ struct OutFlight {
     state: Awaiting,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum InState {
     /// Surfaced to the application, not yet acknowledged by it.
     Unacked,
@@ -191,6 +191,8 @@ pub struct Session {
     last_sent: Instant,
     last_received: Instant,
     ping_sent: Option<Instant>,
+    /// Something a crash-resume snapshot holds changed since [`Session::take_dirty`].
+    dirty: bool,
 }
 
 impl Session {
@@ -217,6 +219,7 @@ impl Session {
             last_sent: now,
             last_received: now,
             ping_sent: None,
+            dirty: false,
         }
     }
 
@@ -278,6 +281,7 @@ impl Session {
     pub fn publish(&mut self, publish: Publish, now: Instant) -> PublishToken {
         self.next_token += 1;
         let token = PublishToken(self.next_token);
+        self.dirty = true;
         self.pending.push_back((token, publish));
         self.flush_pending(now);
         token
@@ -299,6 +303,7 @@ impl Session {
     /// (now, or after the next resume if offline). Unknown handles (QoS 0, or from a
     /// session the broker discarded) are ignored.
     pub fn ack(&mut self, id: MessageId, now: Instant) {
+        self.dirty = true;
         let Some(pkid) = self.inbound_ids.remove(&id) else {
             return;
         };
@@ -392,6 +397,136 @@ impl Session {
     /// The keep-alive in force (ours, or the broker's in MQTT 5).
     pub fn keep_alive(&self) -> Duration {
         self.keep_alive
+    }
+
+    /// Whether state a crash-resume snapshot holds changed since the last call. The caller
+    /// saves a [`Session::snapshot`] before writing what [`Session::poll_transmit`] gives,
+    /// so the file always runs ahead of the wire.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// What a new process needs to continue this broker session exactly where it was.
+    pub fn snapshot(&self) -> SessionState {
+        let saved = |token: PublishToken, p: &Publish| SavedPublish {
+            token: token.0,
+            pkid: p.pkid,
+            qos: p.qos.as_u8(),
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
+        };
+        let mut outgoing: Vec<(SavedPublish, Awaiting)> = self
+            .outgoing
+            .values()
+            .map(|f| (saved(f.token, &f.publish), f.state))
+            .collect();
+        outgoing.sort_by_key(|(p, _)| p.token);
+        let mut inbound: Vec<SavedInbound> = self
+            .inbound
+            .iter()
+            .map(|(pkid, e)| SavedInbound {
+                pkid: *pkid,
+                message_id: e.id.0,
+                qos: e.qos.as_u8(),
+                state: e.state,
+            })
+            .collect();
+        inbound.sort_by_key(|e| e.pkid);
+        SessionState {
+            next_pkid: self.next_pkid,
+            next_token: self.next_token,
+            next_message: self.next_message,
+            outgoing,
+            pending: self.pending.iter().map(|(t, p)| saved(*t, p)).collect(),
+            inbound,
+        }
+    }
+
+    /// A session continuing `state` (from a process that died): it connects without clean
+    /// start and resends what was in flight once the broker confirms the session.
+    pub fn restore(mut config: SessionConfig, state: SessionState, now: Instant) -> Session {
+        config.clean_first = false;
+        let mut session = Session::new(config, now);
+        let publish = |p: SavedPublish| {
+            (
+                PublishToken(p.token),
+                Publish {
+                    dup: false,
+                    qos: QoS::try_from(p.qos).unwrap_or(QoS::ExactlyOnce),
+                    retain: false,
+                    pkid: p.pkid,
+                    topic: p.topic,
+                    payload: Bytes::from(p.payload),
+                    response_topic: None,
+                    correlation_data: p.correlation_data.map(Bytes::from),
+                },
+            )
+        };
+        for (saved, state) in state.outgoing {
+            let (token, publish) = publish(saved);
+            session.outgoing.insert(
+                publish.pkid,
+                OutFlight {
+                    token,
+                    publish,
+                    state,
+                },
+            );
+        }
+        session.pending = state.pending.into_iter().map(publish).collect();
+        for e in state.inbound {
+            let id = MessageId(e.message_id);
+            let qos = QoS::try_from(e.qos).unwrap_or(QoS::ExactlyOnce);
+            // The guard for a redelivery crossing a resume PUBACK is over with its
+            // connection.
+            if e.state == InState::AckedOnResume {
+                continue;
+            }
+            if e.state == InState::Unacked {
+                session.inbound_ids.insert(id, e.pkid);
+            }
+            session.inbound.insert(
+                e.pkid,
+                InFlight {
+                    id,
+                    qos,
+                    state: e.state,
+                },
+            );
+        }
+        session.next_pkid = state.next_pkid;
+        session.next_token = state.next_token;
+        session.next_message = state.next_message;
+        session.had_session = true;
+        session
+    }
+
+    /// Drops inbound messages surfaced but not yet acknowledged that `keep` does not claim:
+    /// after a restore, a command whose reply never got queued must be delivered afresh by
+    /// the broker, not suppressed as a duplicate.
+    pub fn forget_unacked(&mut self, keep: impl Fn(MessageId) -> bool) {
+        let forgotten: Vec<(u16, MessageId)> = self
+            .inbound
+            .iter()
+            .filter(|(_, e)| e.state == InState::Unacked && !keep(e.id))
+            .map(|(pkid, e)| (*pkid, e.id))
+            .collect();
+        for (pkid, id) in forgotten {
+            self.inbound.remove(&pkid);
+            self.inbound_ids.remove(&id);
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets everything in flight in both directions, without events (a restored run
+    /// whose broker no longer has the session starts over).
+    pub fn discard_all(&mut self) {
+        self.pending.clear();
+        self.outgoing.clear();
+        self.inbound.clear();
+        self.inbound_ids.clear();
+        self.dirty = true;
     }
 
     fn ping_grace(&self) -> Duration {
@@ -552,6 +687,7 @@ impl Session {
     /// The broker has no session for us: inbound state is void, and every publish it had
     /// not taken ownership of is sent again as a new one.
     fn session_lost(&mut self) {
+        self.dirty = true;
         self.inbound.clear();
         self.inbound_ids.clear();
         let mut flights: Vec<OutFlight> = self.outgoing.drain().map(|(_, f)| f).collect();
@@ -572,6 +708,7 @@ impl Session {
     }
 
     fn handle_publish(&mut self, publish: Publish, now: Instant) {
+        self.dirty = true;
         let pkid = publish.pkid;
         if publish.qos == QoS::AtMostOnce {
             let id = self.next_message_id();
@@ -763,6 +900,8 @@ impl Session {
     }
 
     fn send(&mut self, packet: &Packet, now: Instant) {
+        // Every packet but a ping changes (or resends) state a snapshot holds.
+        self.dirty |= !matches!(packet, Packet::PingReq);
         match packet.write(self.config.protocol, &mut self.transmit) {
             Ok(()) => self.last_sent = now,
             // Only a publish can be malformed (sizes are checked before); losing it loudly
@@ -770,6 +909,50 @@ impl Session {
             Err(e) => tracing::error!("could not encode {}: {e}", packet_name(packet)),
         }
     }
+}
+
+/// The part of a [`Session`] that a new process needs to resume it (see
+/// [`Session::snapshot`]); serialised by the daemon's state file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    next_pkid: u16,
+    next_token: u64,
+    next_message: u64,
+    /// Outgoing QoS 1/2 publishes in flight, in send order, with what they await.
+    outgoing: Vec<(SavedPublish, Awaiting)>,
+    /// Publishes queued behind the window.
+    pending: Vec<SavedPublish>,
+    /// Inbound QoS 1/2 messages not finished with the broker.
+    inbound: Vec<SavedInbound>,
+}
+
+impl SessionState {
+    /// Tokens of the outgoing publishes (in flight or queued) the snapshot holds.
+    pub fn tokens(&self) -> impl Iterator<Item = PublishToken> + '_ {
+        self.outgoing
+            .iter()
+            .map(|(p, _)| p)
+            .chain(&self.pending)
+            .map(|p| PublishToken(p.token))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedPublish {
+    token: u64,
+    pkid: u16,
+    qos: u8,
+    topic: String,
+    payload: Vec<u8>,
+    correlation_data: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedInbound {
+    pkid: u16,
+    message_id: u64,
+    qos: u8,
+    state: InState,
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

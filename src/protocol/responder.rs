@@ -306,6 +306,38 @@ impl Responder {
         self.login_wait_cap = cap.max(self.login_timeout);
     }
 
+    /// Continues a run that a previous process started and wrote down (crash-safe resume):
+    /// the UUID accepted and its command subscription in place (the broker kept the
+    /// session), `in_flight` replies still awaiting acknowledgement (message, command),
+    /// draining if the completion message had arrived, replies at `qos`.
+    pub fn restore(
+        &mut self,
+        uuid: &str,
+        in_flight: &[(MessageId, String)],
+        draining: bool,
+        qos: QoS,
+    ) -> Result<(), String> {
+        let accepted = self.accept(uuid.as_bytes())?;
+        self.accepted = Some(accepted);
+        self.commands_subscribed = true;
+        self.granted_qos = qos;
+        self.draining = draining;
+        for (id, command) in in_flight {
+            let row = match self.table.get(command.as_str()) {
+                Some(&index) => index,
+                None => self.unknown_row(command),
+            };
+            self.in_flight.insert(*id, row);
+        }
+        info!(
+            uuid,
+            in_flight = in_flight.len(),
+            draining,
+            "resuming the run a previous process left"
+        );
+        Ok(())
+    }
+
     /// A CONNACK arrived. `max_qos` is the broker's cap (MQTT 5 CONNACK; `ExactlyOnce` for
     /// 3.1.1). With `session_present` the broker kept our subscriptions.
     pub fn handle_connected(&mut self, session_present: bool, max_qos: QoS, now: Instant) {
@@ -495,6 +527,11 @@ impl Responder {
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Whether the completion message arrived (no new commands are answered).
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// The UUID, once accepted.

@@ -1,0 +1,250 @@
+//! The crash-resume state file (SPEC §5): what a daemon killed mid-run (SIGKILL, power loss)
+//! needs to resume the same broker session and UUID and answer what was pending.
+//!
+//! One small JSON document under `session.state_dir`, replaced atomically (write a temporary
+//! file, rename it over the old one). The daemon saves it before it writes the packets a
+//! change guards, so the file always runs ahead of the wire; a plain write survives SIGKILL,
+//! and the file is fsynced at most once a second, which bounds what power loss can undo.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt::session::SessionState;
+
+/// Format version; a file of another version is ignored (with a warning).
+const VERSION: u32 = 1;
+
+/// How often the file is fsynced at most.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a run leaves for its successor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Format version.
+    pub version: u32,
+    /// The client id (names the broker-side session).
+    pub client_id: String,
+    /// `host:port` of the broker holding the session.
+    pub broker: String,
+    /// The UUID, once accepted.
+    pub uuid: Option<String>,
+    /// The completion message had arrived.
+    pub draining: bool,
+    /// QoS replies were sent at.
+    pub qos: u8,
+    /// Replies in flight: which inbound command each answers.
+    pub replies: Vec<SavedReply>,
+    /// The MQTT session.
+    pub session: SessionState,
+}
+
+/// A reply in flight and the command it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedReply {
+    /// The session's token for the reply publish.
+    pub token: u64,
+    /// The session's handle of the inbound command.
+    pub message_id: u64,
+    /// The command.
+    pub command: String,
+}
+
+/// Why the file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The content is not a state file of this version.
+    #[error("{path}: not a usable state file ({reason})")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The state file in a directory.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    last_sync: Option<Instant>,
+}
+
+impl StateFile {
+    /// `dir/state.json`.
+    pub fn new(dir: &Path) -> StateFile {
+        StateFile {
+            path: dir.join("state.json"),
+            tmp: dir.join("state.json.tmp"),
+            last_sync: None,
+        }
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, `None` when there is none.
+    pub fn load(&self) -> Result<Option<RunState>, StateError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.io(source)),
+        };
+        let state: RunState = serde_json::from_str(&text).map_err(|e| StateError::Invalid {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if state.version != VERSION {
+            return Err(StateError::Invalid {
+                path: self.path.display().to_string(),
+                reason: format!("version {}, expected {VERSION}", state.version),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces the file with `state` (write, fsync at most once a second, rename).
+    pub fn save(&mut self, state: &RunState) -> Result<(), StateError> {
+        let json = serde_json::to_vec(state).map_err(|e| StateError::Invalid {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let sync = self.last_sync.is_none_or(|t| t.elapsed() >= SYNC_INTERVAL);
+        let mut file = File::create(&self.tmp).map_err(|e| self.io(e))?;
+        file.write_all(&json).map_err(|e| self.io(e))?;
+        if sync {
+            file.sync_data().map_err(|e| self.io(e))?;
+        }
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        if sync {
+            if let Some(dir) = self.path.parent() {
+                // The rename itself reaches the disk with the directory.
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| self.io(e))?;
+            }
+            self.last_sync = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Removes the file: the next run starts fresh.
+    pub fn clear(&self) -> Result<(), StateError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn io(&self, source: io::Error) -> StateError {
+        StateError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl RunState {
+    /// A state for `client_id` on `broker`.
+    pub fn new(client_id: &str, broker: &str, session: SessionState) -> RunState {
+        RunState {
+            version: VERSION,
+            client_id: client_id.to_owned(),
+            broker: broker.to_owned(),
+            uuid: None,
+            draining: false,
+            qos: 2,
+            replies: Vec::new(),
+            session,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::session::{Session, SessionConfig};
+    use crate::mqtt::{Protocol, QoS};
+
+    fn state() -> RunState {
+        let config = SessionConfig {
+            protocol: Protocol::V311,
+            client_id: "c".into(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            max_inflight: 20,
+            max_incoming_packet: 1 << 16,
+            session_expiry: 60,
+            will: None,
+            manual_acks: true,
+            clean_first: true,
+        };
+        let mut session = Session::new(config, Instant::now());
+        session.publish(
+            crate::mqtt::packet::Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                pkid: 0,
+                topic: "u/CMD1".into(),
+                payload: bytes::Bytes::from_static(b"Apple"),
+                response_topic: None,
+                correlation_data: None,
+            },
+            Instant::now(),
+        );
+        let mut state = RunState::new("c", "127.0.0.1:1883", session.snapshot());
+        state.uuid = Some("u".into());
+        state.replies.push(SavedReply {
+            token: 1,
+            message_id: 7,
+            command: "CMD1".into(),
+        });
+        state
+    }
+
+    #[test]
+    fn saves_loads_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path());
+        assert!(file.load().unwrap().is_none());
+        let state = state();
+        file.save(&state).unwrap();
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), Some(state));
+        assert!(!dir.path().join("state.json.tmp").exists());
+        file.clear().unwrap();
+        file.clear().unwrap();
+        assert!(file.load().unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        fs::write(file.path(), b"{not json").unwrap();
+        assert!(matches!(file.load(), Err(StateError::Invalid { .. })));
+        let mut other = state();
+        other.version = 99;
+        fs::write(file.path(), serde_json::to_vec(&other).unwrap()).unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(err.contains("version 99"), "{err}");
+    }
+}
