@@ -35,6 +35,9 @@ const PACKET_OVERHEAD: usize = 70 * 1024;
 /// (`drain_timeout_secs = 0`): on a live link that is well under a millisecond.
 const FAREWELL_MIN: Duration = Duration::from_secs(1);
 
+/// How the session layer names a CONNACK refusing a retained Will (MQTT 5 reason 0x9A).
+const RETAIN_REFUSED: &str = "retain not supported (Last Will)";
+
 /// What the operating-system edge hands the daemon besides the shutdown token.
 #[derive(Default)]
 pub struct Ops {
@@ -161,6 +164,22 @@ pub async fn run(
                         );
                         break Outcome::CredentialsRefused;
                     }
+                    End::Refused(ConnectCode::Permanent(reason))
+                        if reason == RETAIN_REFUSED && app.will_retained =>
+                    {
+                        // MQTT 5 Retain Available = 0: the broker refuses a retained Will.
+                        tracing::info!(
+                            "broker {addr} does not keep retained messages; connecting again \
+                             with a Will that is not retained"
+                        );
+                        app.will_retained = false;
+                        let will = app.presence.as_ref().map(Presence::will).map(|mut w| {
+                            w.retain = false;
+                            w
+                        });
+                        session.set_will(will);
+                        continue;
+                    }
                     End::Refused(ConnectCode::Permanent(reason)) => {
                         tracing::error!(
                             "broker {addr} refused the connection: {reason}; giving up"
@@ -248,6 +267,8 @@ struct ResponderApp {
     farewell: Option<PublishToken>,
     reconnects: u32,
     started: Instant,
+    /// The Will in the CONNECT is retained (until a broker refuses that).
+    will_retained: bool,
 }
 
 /// A reply in flight, for the journal line when it is acknowledged.
@@ -278,6 +299,7 @@ impl ResponderApp {
             farewell: None,
             reconnects: 0,
             started: now,
+            will_retained: true,
         }
     }
 

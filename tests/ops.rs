@@ -626,3 +626,37 @@ fn parse_journal(mut data: &[u8]) -> BTreeMap<String, String> {
     }
     fields
 }
+
+#[test]
+fn presence_without_retain_when_the_broker_has_none() {
+    let broker = require_mosquitto!()
+        .extra_config("retain_available false")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-noretain";
+    let status = format!("{user}/status");
+    let toml =
+        config(broker.port(), user, "").replace("[session]", "protocol = \"5\"\n\n[session]");
+    let path = write_config(dir.path(), &toml);
+    let mut peer = Peer::connect(broker.port(), "peer-noretain", None);
+    peer.subscribe("login");
+    peer.subscribe(&status);
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    let online = peer.expect("online record", |m| m.topic == status);
+    assert!(online.payload.contains("\"online\""), "{online:?}");
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD5"), "Boy");
+    peer.publish(UUID, "Well done my IoT!");
+    peer.expect("offline record", |m| {
+        m.topic == status && m.payload.contains("completed")
+    });
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("without retain"), "{log}");
+    assert!(
+        log.contains("connecting again with a Will that is not retained"),
+        "{log}"
+    );
+}
