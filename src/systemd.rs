@@ -3,7 +3,7 @@
 //! same outside systemd (ntpd-rs `ntpd/src/notify.rs` does the same).
 //!
 //! The watchdog is not pinged from a timer task of its own: the daemon's event loop asks
-//! [`Notifier::watchdog_due`] for a deadline and sleeps on it in the same `select!` as the
+//! [`Notifier::poll_timeout`] for a deadline and sleeps on it in the same `select!` as the
 //! socket, so a loop that is stuck stops pinging and systemd restarts the unit.
 
 use std::time::{Duration, Instant};
