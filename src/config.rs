@@ -435,6 +435,50 @@ impl Config {
         toml::to_string(&root)
             .unwrap_or_else(|e| format!("# the configuration could not be rendered: {e}\n"))
     }
+
+    /// The keys that differ from `new` and cannot change without a reconnect or a restart:
+    /// everything but `[replies]` and `log.level`, which a reload applies in place. A changed
+    /// password is named by key, never by value.
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) => flatten(&key, t, out),
+                    v => out.push((key, v.clone())),
+                }
+            }
+        }
+        let keys = |c: &Config| {
+            let mut out = Vec::new();
+            if let Ok(table) = c.to_redacted_toml().parse::<toml::Table>() {
+                flatten("", &table, &mut out);
+            }
+            out.retain(|(k, _)| !k.starts_with("replies.") && k != "log.level");
+            out
+        };
+        let (old, new_keys) = (keys(self), keys(new));
+        let mut changed: Vec<String> = old
+            .iter()
+            .filter(|(k, v)| new_keys.iter().find(|(nk, _)| nk == k).map(|(_, nv)| nv) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (k, _) in &new_keys {
+            if !old.iter().any(|(ok, _)| ok == k) {
+                changed.push(k.clone());
+            }
+        }
+        if self.broker.password != new.broker.password
+            && !changed.iter().any(|k| k == "broker.password")
+        {
+            changed.push("broker.password".to_owned());
+        }
+        changed
+    }
 }
 
 impl LogFormat {
@@ -1518,6 +1562,32 @@ mod tests {
     fn load_env(content: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let (_dir, path) = file(content);
         load_with_env(&path, env(vars)).map(|(config, _)| config)
+    }
+
+    #[test]
+    fn reload_names_the_keys_that_need_a_restart() {
+        let base = ok(&format!(
+            "{USER}[replies]\nA = \"1\"\n[log]\nlevel = \"info\"\n"
+        ));
+        let same = ok(&format!(
+            "{USER}[replies]\nB = \"2\"\n[log]\nlevel = \"debug\"\n"
+        ));
+        assert_eq!(base.restart_needed(&same), Vec::<String>::new());
+        let changed = ok(&format!(
+            "{USER}broker.port = 1884\nbroker.password = \"{SECRET}\"\nsession.qos = 1\n\
+             [broker.tls]\n[log]\nformat = \"json\"\n"
+        ));
+        let keys = base.restart_needed(&changed);
+        for key in [
+            "broker.port",
+            "broker.password",
+            "broker.tls.ca_file",
+            "session.qos",
+            "log.format",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k.contains(SECRET)));
     }
 
     fn ok(content: &str) -> Config {

@@ -1,20 +1,26 @@
 //! Composition of the daemon: the responder on top of the MQTT session, the reconnect loop
-//! with backoff, orderly shutdown, and the outcome that becomes the exit code.
+//! with backoff, orderly shutdown, reload on SIGHUP, presence, systemd notifications, and
+//! the outcome that becomes the exit code.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, ReplyTable};
+use crate::config::{self, Config};
 use crate::driver::{self, App, End};
+use crate::logging::Logging;
 use crate::mqtt::QoS;
 use crate::mqtt::packet::{ConnectCode, Publish};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
+use crate::presence::{Farewell, Presence, Snapshot};
 use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::state::{RunState, SavedReply, StateFile};
+use crate::systemd::Notifier;
 use crate::transport::Endpoint;
 
 /// A connection that stayed up this long resets the backoff and the attempt counter.
@@ -26,12 +32,28 @@ const SESSION_EXPIRY_SECS: u32 = 24 * 60 * 60;
 /// Room for the topic and properties on top of the largest accepted payload.
 const PACKET_OVERHEAD: usize = 70 * 1024;
 
+/// How long the offline record may take to be acknowledged when nothing else bounds it
+/// (`drain_timeout_secs = 0`): on a live link that is well under a millisecond.
+const FAREWELL_MIN: Duration = Duration::from_secs(1);
+
 /// MQTT 5 DISCONNECT reason: another connection with our client id took the session over.
 const SESSION_TAKEN_OVER: u8 = 0x8E;
 
 /// Connections closed by the broker before [`STABLE_AFTER`], in a row, after which another
 /// client with the same id is the likely cause (3.1.1 brokers just close the socket).
 const TAKEOVER_SUSPECT_STREAK: u32 = 3;
+
+/// How the session layer names a CONNACK refusing a retained Will (MQTT 5 reason 0x9A).
+const RETAIN_REFUSED: &str = "retain not supported (Last Will)";
+
+/// What the operating-system edge hands the daemon besides the shutdown token.
+#[derive(Default)]
+pub struct Ops {
+    /// Notified on SIGHUP: reload the reply table and log level.
+    pub reload: Notify,
+    /// Applies a reloaded `log.level`.
+    pub logging: Option<Logging>,
+}
 
 /// How a run ended (SPEC §4 exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +83,14 @@ impl Outcome {
 }
 
 /// Runs the daemon until completion, shutdown or a fatal error.
-pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationToken) -> Outcome {
+pub async fn run(
+    config: &Config,
+    endpoint: &Endpoint,
+    shutdown: &CancellationToken,
+    ops: &Ops,
+) -> Outcome {
     let started = Instant::now();
+    let mut app = ResponderApp::new(config, ops.logging.clone(), started);
     let addr = endpoint.addr();
     let broker = &config.broker;
     let user = broker.username.as_deref().unwrap_or("(anonymous)");
@@ -75,11 +103,10 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
         max_inflight: broker.max_inflight,
         max_incoming_packet: config.session.max_payload_bytes + PACKET_OVERHEAD,
         session_expiry: SESSION_EXPIRY_SECS,
-        will: None,
+        will: app.presence.as_ref().map(Presence::will),
         manual_acks: true,
         clean_first: true,
     };
-    let mut app = ResponderApp::new(config);
     let journal = config
         .session
         .state_dir
@@ -113,13 +140,17 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
             purged = false;
         } else {
             tracing::info!(
+                broker = %addr,
+                reconnect_attempt = failures + 1,
                 "connecting to {addr} as {} (MQTT {})",
                 broker.client_id,
                 broker.protocol
             );
         }
+        app.notifier
+            .status(&format!("connecting to {addr}"), Instant::now());
         let opened = tokio::select! {
-            opened = endpoint.open() => opened,
+            opened = app.between(&ops.reload, endpoint.open()) => opened,
             () = shutdown.cancelled() => break Outcome::Stopped,
         };
         let cause = match opened {
@@ -131,12 +162,14 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                 if was_connected {
                     reconnects += 1;
                 }
-                let end = driver::run_connection(
+                app.reconnects = reconnects;
+                let end = driver::run_connection_with_reload(
                     stream,
                     &mut session,
                     &mut app,
                     broker.connect_timeout,
                     shutdown,
+                    Some(&ops.reload),
                 )
                 .await;
                 let disconnect_reason = app.broker_disconnect_reason.take();
@@ -161,6 +194,22 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
                             broker.client_id
                         );
                         break Outcome::CredentialsRefused;
+                    }
+                    End::Refused(ConnectCode::Permanent(reason))
+                        if reason == RETAIN_REFUSED && app.will_retained =>
+                    {
+                        // MQTT 5 Retain Available = 0: the broker refuses a retained Will.
+                        tracing::info!(
+                            "broker {addr} does not keep retained messages; connecting again \
+                             with a Will that is not retained"
+                        );
+                        app.will_retained = false;
+                        let will = app.presence.as_ref().map(Presence::will).map(|mut w| {
+                            w.retain = false;
+                            w
+                        });
+                        session.set_will(will);
+                        continue;
                     }
                     End::Refused(ConnectCode::Permanent(reason)) => {
                         tracing::error!(
@@ -228,17 +277,25 @@ pub async fn run(config: &Config, endpoint: &Endpoint, shutdown: &CancellationTo
         }
         let delay = backoff.next_delay(rand::random());
         tracing::info!(
+            broker = %addr,
+            reconnect_attempt = failures + 1,
             "reconnecting in {} ms (attempt {}): {cause}",
             delay.as_millis(),
             failures + 1
         );
+        app.notifier.status(
+            &format!("reconnecting in {:.1} s", delay.as_secs_f64()),
+            Instant::now(),
+        );
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = app.between(&ops.reload, tokio::time::sleep(delay)) => {}
             () = shutdown.cancelled() => break Outcome::Stopped,
         }
     };
     app.finish_journal(outcome, &mut session);
     app.log_summary(outcome, reconnects, started.elapsed());
+    app.notifier
+        .stopping(&format!("{outcome:?}: {} replies", app.answered()));
     outcome
 }
 
@@ -284,8 +341,6 @@ impl TakeoverWatch {
     }
 }
 
-/// The responder wired to a session: maps subscriptions and replies to the packet ids and
-/// tokens the session hands out.
 /// The state file with what was last saved to it.
 struct Journal {
     file: StateFile,
@@ -361,39 +416,54 @@ impl Journal {
     }
 }
 
+/// The responder wired to a session: maps subscriptions and replies to the packet ids and
+/// tokens the session hands out.
 struct ResponderApp {
     responder: Responder,
-    /// What a fresh responder is built from (a restored run the broker forgot starts over).
-    session_settings: crate::config::Session,
-    reply_table: ReplyTable,
-    login_backoff_cap: Duration,
     drain_timeout: Duration,
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
-    /// Reply publish → the command message it answers, and the command.
-    replies: HashMap<PublishToken, (MessageId, String)>,
-    /// The crash-resume state file, when `session.state_dir` is set.
-    journal: Option<Journal>,
-    /// State from a previous process, until the broker confirms it kept the session.
-    restored: bool,
+    /// Reply publish → the command it answers.
+    replies: HashMap<PublishToken, Reply>,
     /// SIGTERM/SIGINT received: no new work.
     stopping: bool,
     stop_deadline: Option<Instant>,
     disconnect_sent: bool,
     rejected: u64,
+    /// The configuration in force (replies and log level change on reload).
+    config: Config,
+    logging: Option<Logging>,
+    notifier: Notifier,
+    presence: Option<Presence>,
+    /// The online record sent on this connection carried the UUID.
+    online_with_uuid: bool,
+    /// The offline record is on its way; DISCONNECT follows its acknowledgement.
+    farewell: Option<PublishToken>,
+    reconnects: u32,
+    started: Instant,
+    /// The Will in the CONNECT is retained (until a broker refuses that).
+    will_retained: bool,
     /// Reason code of a DISCONNECT the broker sent on the current connection.
     broker_disconnect_reason: Option<u8>,
+    /// The crash-resume state file, when `session.state_dir` is set.
+    journal: Option<Journal>,
+    /// State from a previous process, until the broker confirms it kept the session.
+    restored: bool,
+}
+
+/// A reply in flight, for the journal line when it is acknowledged.
+struct Reply {
+    id: MessageId,
+    command: String,
+    topic: String,
+    qos: QoS,
+    sent: Instant,
 }
 
 impl ResponderApp {
-    fn new(config: &Config) -> ResponderApp {
-        let mut responder = Responder::new(&config.session, &config.replies);
-        responder.set_login_backoff_cap(config.reconnect.max_delay);
+    fn new(config: &Config, logging: Option<Logging>, now: Instant) -> ResponderApp {
         ResponderApp {
-            responder,
-            session_settings: config.session.clone(),
-            reply_table: config.replies.clone(),
-            login_backoff_cap: config.reconnect.max_delay,
+            responder: fresh_responder(config),
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
             replies: HashMap::new(),
@@ -401,12 +471,20 @@ impl ResponderApp {
             stop_deadline: None,
             disconnect_sent: false,
             rejected: 0,
+            config: config.clone(),
+            logging,
+            notifier: Notifier::from_env(now),
+            presence: Presence::new(&config.session),
+            online_with_uuid: false,
+            farewell: None,
+            reconnects: 0,
+            started: now,
+            will_retained: true,
             broker_disconnect_reason: None,
             journal: None,
             restored: false,
         }
     }
-
     /// Takes over the run a previous process left: its replies in flight and its UUID.
     fn restore(&mut self, state: &RunState, session: &mut Session) {
         let in_flight: Vec<(MessageId, String)> = state
@@ -414,8 +492,8 @@ impl ResponderApp {
             .iter()
             .map(|r| (MessageId(r.message_id), r.command.clone()))
             .collect();
+        let qos = QoS::try_from(state.qos).unwrap_or(QoS::ExactlyOnce);
         if let Some(uuid) = &state.uuid {
-            let qos = QoS::try_from(state.qos).unwrap_or(QoS::ExactlyOnce);
             if let Err(why) = self
                 .responder
                 .restore(uuid, &in_flight, state.draining, qos)
@@ -429,12 +507,18 @@ impl ResponderApp {
             .replies
             .iter()
             .map(|r| {
-                let id = MessageId(r.message_id);
-                (PublishToken(r.token), (id, r.command.clone()))
+                let reply = Reply {
+                    id: MessageId(r.message_id),
+                    command: r.command.clone(),
+                    topic: String::new(),
+                    qos,
+                    sent: Instant::now(),
+                };
+                (PublishToken(r.token), reply)
             })
             .collect();
         // A command surfaced but never answered must come again from the broker.
-        let answered: Vec<MessageId> = self.replies.values().map(|(id, _)| *id).collect();
+        let answered: Vec<MessageId> = self.replies.values().map(|r| r.id).collect();
         session.forget_unacked(|id| answered.contains(&id));
         self.restored = true;
     }
@@ -460,10 +544,10 @@ impl ResponderApp {
         state.replies = self
             .replies
             .iter()
-            .map(|(token, (id, command))| SavedReply {
+            .map(|(token, reply)| SavedReply {
                 token: token.0,
-                message_id: id.0,
-                command: command.clone(),
+                message_id: reply.id.0,
+                command: reply.command.clone(),
             })
             .collect();
         journal.save(&state);
@@ -484,6 +568,146 @@ impl ResponderApp {
     fn handle_disconnected(&mut self, now: Instant) {
         self.subscriptions.clear();
         self.responder.handle_disconnected(now);
+        if let Some(presence) = &mut self.presence {
+            presence.handle_disconnected();
+        }
+        self.online_with_uuid = false;
+    }
+
+    /// Waits for `fut` between connections (connecting, backing off) while still feeding
+    /// the watchdog and answering SIGHUP: this is the event loop while there is no socket.
+    async fn between<F: Future>(&mut self, reload: &Notify, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            let due = self.notifier.poll_timeout();
+            let sleep = async {
+                match due {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                out = &mut fut => return out,
+                () = sleep => self.notifier.handle_timeout(Instant::now()),
+                () = reload.notified() => self.reload(),
+            }
+        }
+    }
+
+    fn answered(&self) -> u64 {
+        self.responder.stats().answered.iter().map(|(_, n)| n).sum()
+    }
+
+    /// SIGHUP: read the file again; apply the reply table and log level, report (and do not
+    /// apply) what needs a restart, keep everything when the file is invalid.
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        let source = self.config.source.clone();
+        match config::load(&source) {
+            Err(e) => tracing::error!("reload failed: {e}; keeping the current configuration"),
+            Ok((new, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!("{warning}");
+                }
+                match self.responder.replace_replies(&new.replies) {
+                    Err(why) => tracing::error!(
+                        "reload failed: config error in {}: replies: {why}; keeping the \
+                         current configuration",
+                        source.display()
+                    ),
+                    Ok(()) => {
+                        if let Some(logging) = &self.logging {
+                            logging.set_level(&new.log.level);
+                        }
+                        let restart = self.config.restart_needed(&new);
+                        if !restart.is_empty() {
+                            tracing::warn!(
+                                "reload: {} changed; needs restart, not applied",
+                                restart.join(", ")
+                            );
+                        }
+                        tracing::info!(
+                            "reloaded {}: {} replies, log level {}",
+                            source.display(),
+                            new.replies.0.len(),
+                            new.log.level
+                        );
+                        self.config.replies = new.replies;
+                        self.config.log.level = new.log.level;
+                    }
+                }
+            }
+        }
+        self.notifier.reloaded();
+    }
+
+    /// Ends the run: the offline record first (acknowledged, so it is certainly retained
+    /// before the broker drops the Will), then DISCONNECT.
+    fn finish(&mut self, why: Farewell, session: &mut Session, now: Instant) {
+        if self.farewell.is_some() || self.disconnect_sent {
+            return;
+        }
+        match &mut self.presence {
+            Some(presence) if session.is_connected() => {
+                self.farewell = Some(session.publish(presence.offline(why), now));
+                let bound = self.stop_deadline.unwrap_or(now + self.drain_timeout);
+                self.stop_deadline = Some(bound.max(now + FAREWELL_MIN));
+            }
+            _ => self.disconnect(session, now),
+        }
+    }
+
+    /// After every event: the online record when due, systemd status and readiness.
+    fn after(&mut self, session: &mut Session, now: Instant) {
+        let phase = self.responder.phase();
+        let finishing = self.stopping || self.farewell.is_some() || phase == Phase::Finished;
+        if let Some(presence) = &mut self.presence
+            && session.is_connected()
+            && !finishing
+        {
+            let uuid = self.responder.uuid();
+            if presence.is_due(now) || (uuid.is_some() && !self.online_with_uuid) {
+                let answered = self.responder.stats().answered.iter().map(|(_, n)| n).sum();
+                let snapshot = Snapshot {
+                    uuid,
+                    answered,
+                    reconnects: self.reconnects,
+                    uptime: now.saturating_duration_since(self.started),
+                };
+                self.online_with_uuid = uuid.is_some();
+                session.publish(presence.online(snapshot, now), now);
+            }
+        }
+        let n = &mut self.notifier;
+        match phase {
+            Phase::Disconnected => {}
+            Phase::SubscribingUuid => n.status("connected; subscribing to the UUID topic", now),
+            Phase::WaitingForUuid => {
+                // Connected, subscribed, logged in: ready. The peer may take its time.
+                n.ready();
+                n.status("waiting for UUID", now);
+            }
+            Phase::SubscribingCommands => {
+                n.ready();
+                n.status("subscribing to the command topic", now);
+            }
+            Phase::Answering => {
+                n.ready();
+                let line = format!(
+                    "answering on {}: {} replies",
+                    self.responder.uuid().unwrap_or("?"),
+                    self.responder
+                        .stats()
+                        .answered
+                        .iter()
+                        .map(|(_, c)| c)
+                        .sum::<u64>()
+                );
+                n.status_throttled(&line, now);
+            }
+            Phase::Draining => n.status("completion received; draining replies", now),
+            Phase::Finished => n.status("completed; disconnecting", now),
+        }
     }
 
     fn run_actions(&mut self, session: &mut Session, now: Instant) {
@@ -505,17 +729,25 @@ impl ResponderApp {
                         response_topic: None,
                         correlation_data: out.correlation_data,
                     };
+                    let topic = publish.topic.clone();
                     let token = session.publish(publish, now);
                     if let OutgoingKind::Reply {
                         in_reply_to,
                         command,
                     } = out.kind
                     {
-                        self.replies.insert(token, (in_reply_to, command));
+                        let reply = Reply {
+                            id: in_reply_to,
+                            command,
+                            topic,
+                            qos: out.qos,
+                            sent: now,
+                        };
+                        self.replies.insert(token, reply);
                     }
                 }
                 Action::Ack(id) => session.ack(id, now),
-                Action::Disconnect => self.disconnect(session, now),
+                Action::Disconnect => self.finish(Farewell::Completed, session, now),
             }
         }
     }
@@ -528,15 +760,28 @@ impl ResponderApp {
     }
 
     fn reply_done(&mut self, token: PublishToken, session: &mut Session, now: Instant) {
-        if let Some((id, _)) = self.replies.remove(&token) {
+        if self.farewell == Some(token) {
+            self.disconnect(session, now);
+            return;
+        }
+        if let Some(reply) = self.replies.remove(&token) {
+            tracing::debug!(
+                command = %reply.command,
+                mqtt_topic = %reply.topic,
+                qos = reply.qos.as_u8(),
+                session_uuid = self.responder.uuid(),
+                latency_us = u64::try_from(now.saturating_duration_since(reply.sent).as_micros())
+                    .unwrap_or(u64::MAX),
+                "reply acknowledged"
+            );
             // The command is acknowledged only now: had we died before, the broker would
             // have redelivered it and it would still get its reply.
-            session.ack(id, now);
-            self.responder.handle_delivered(id, now);
+            session.ack(reply.id, now);
+            self.responder.handle_delivered(reply.id, now);
         }
         if self.stopping && self.replies.is_empty() {
             tracing::info!("in-flight replies acknowledged; disconnecting");
-            self.disconnect(session, now);
+            self.finish(Farewell::Stopped, session, now);
         }
     }
 
@@ -578,6 +823,16 @@ impl App for ResponderApp {
                         .map_or("unlimited".to_owned(), |s| s.to_string()),
                     if caps.retain_available { "yes" } else { "no" },
                 );
+                if let Some(presence) = &mut self.presence
+                    && presence.handle_connected(caps.max_qos, caps.retain_available, now)
+                {
+                    tracing::info!(
+                        mqtt_topic = presence.topic(),
+                        "the broker does not keep retained messages (Retain Available = 0); \
+                         presence is published without retain"
+                    );
+                }
+                self.online_with_uuid = false;
                 if std::mem::take(&mut self.restored) && !session_present {
                     // Resuming needs the broker's half of the session; without it the
                     // saved UUID leads nowhere.
@@ -587,8 +842,7 @@ impl App for ResponderApp {
                     );
                     session.discard_all();
                     self.replies.clear();
-                    self.responder = Responder::new(&self.session_settings, &self.reply_table);
-                    self.responder.set_login_backoff_cap(self.login_backoff_cap);
+                    self.responder = fresh_responder(&self.config);
                 }
                 self.responder
                     .handle_connected(session_present, caps.max_qos, now);
@@ -632,24 +886,39 @@ impl App for ResponderApp {
             Event::Refused(_) | Event::Purged => {}
         }
         self.run_actions(session, now);
+        self.after(session, now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        [self.responder.poll_timeout(), self.stop_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.responder.poll_timeout(),
+            self.stop_deadline,
+            self.notifier.poll_timeout(),
+            self.presence.as_ref().and_then(Presence::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
+        self.notifier.handle_timeout(now);
         if let Some(deadline) = self.stop_deadline
             && now >= deadline
         {
-            tracing::warn!(
-                "{} replies still unacknowledged after {:?}; disconnecting anyway",
-                self.replies.len(),
-                self.drain_timeout
-            );
+            if self.farewell.is_some() {
+                tracing::warn!("the offline record was not acknowledged in time; disconnecting");
+            } else {
+                tracing::warn!(
+                    "{} replies still unacknowledged after {:?}; disconnecting anyway",
+                    self.replies.len(),
+                    self.drain_timeout
+                );
+                // Still say goodbye: the record goes out ahead of DISCONNECT, unconfirmed.
+                if let Some(presence) = &mut self.presence {
+                    session.publish(presence.offline(Farewell::Stopped), now);
+                }
+            }
             self.disconnect(session, now);
             return;
         }
@@ -657,13 +926,15 @@ impl App for ResponderApp {
             self.responder.handle_timeout(now);
         }
         self.run_actions(session, now);
+        self.after(session, now);
     }
 
     fn handle_shutdown(&mut self, session: &mut Session, now: Instant) {
         self.stopping = true;
+        self.notifier.stopping("stopping");
         if self.replies.is_empty() {
             tracing::info!("stopping: nothing in flight; disconnecting");
-            self.disconnect(session, now);
+            self.finish(Farewell::Stopped, session, now);
         } else {
             tracing::info!(
                 "stopping: waiting up to {:?} for {} in-flight replies",
@@ -678,9 +949,20 @@ impl App for ResponderApp {
         self.disconnect_sent
     }
 
+    fn handle_reload(&mut self, _session: &mut Session, _now: Instant) {
+        self.reload();
+    }
+
     fn before_transmit(&mut self, session: &mut Session) {
         self.persist(session);
     }
+}
+
+/// A responder for `config` at the start of a run.
+fn fresh_responder(config: &Config) -> Responder {
+    let mut responder = Responder::new(&config.session, &config.replies);
+    responder.set_login_backoff_cap(config.reconnect.max_delay);
+    responder
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
             return (outcome, Outcome::Failed);
         }
         let shutdown = CancellationToken::new();
-        let daemon = daemon::run(&config, &endpoint, &shutdown).await;
+        let daemon = daemon::run(&config, &endpoint, &shutdown, &daemon::Ops::default()).await;
         let (outcome, transcript) = peer.await.expect("the peer task does not panic");
         let verdict = match daemon {
             Outcome::Completed => "disconnected cleanly after the completion message".to_owned(),

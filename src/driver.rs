@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::packet::ConnectCode;
@@ -29,6 +30,10 @@ pub trait App {
     /// that must reach the disk before the packets it guards reach the wire.
     fn before_transmit(&mut self, session: &mut Session) {
         let _ = session;
+    }
+    /// SIGHUP: reload what can be reloaded without touching the connection.
+    fn handle_reload(&mut self, session: &mut Session, now: Instant) {
+        let _ = (session, now);
     }
 }
 
@@ -57,11 +62,23 @@ pub enum End {
 /// Runs one connection over `stream` until it ends. `connect_timeout` bounds the wait for
 /// CONNACK; `shutdown` is passed to the app once when it fires.
 pub async fn run_connection(
+    stream: BoxStream,
+    session: &mut Session,
+    app: &mut dyn App,
+    connect_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> End {
+    run_connection_with_reload(stream, session, app, connect_timeout, shutdown, None).await
+}
+
+/// [`run_connection`], also passing each notification of `reload` (SIGHUP) to the app.
+pub async fn run_connection_with_reload(
     mut stream: BoxStream,
     session: &mut Session,
     app: &mut dyn App,
     connect_timeout: Duration,
     shutdown: &CancellationToken,
+    reload: Option<&Notify>,
 ) -> End {
     let started = Instant::now();
     let connack_deadline = started + connect_timeout;
@@ -114,6 +131,9 @@ pub async fn run_connection(
             _ = shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;
                 app.handle_shutdown(session, Instant::now());
+            }
+            () = reloaded(reload) => {
+                app.handle_reload(session, Instant::now());
             }
             read = stream.read_buf(&mut rbuf) => {
                 let now = Instant::now();
@@ -169,6 +189,14 @@ pub async fn run_connection(
 fn is_reset(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+/// Resolves on the next notification of `reload`; never without one.
+async fn reloaded(reload: Option<&Notify>) {
+    match reload {
+        Some(reload) => reload.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands session events to the app until none are left; `Some` when the connection ends.

@@ -11,6 +11,9 @@
 //! | [`topic`] | topic and topic-level checks, `{placeholder}` templates |
 //! | [`protocol`] | the responder and the examiner: pure state machines |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
+//! | [`presence`] | the retained online/offline record and the Last Will, pure |
+//! | [`driver`], [`daemon`] | the event loop over one connection; reconnects, reload, shutdown |
+//! | [`systemd`], [`logging`] | the operating-system edges: sd_notify, journald/text/JSON |
 
 pub mod backoff;
 pub mod broker;
@@ -24,7 +27,9 @@ pub mod examine;
 pub mod examine_command;
 pub mod logging;
 pub mod mqtt;
+pub mod presence;
 pub mod protocol;
 pub mod state;
+pub mod systemd;
 pub mod topic;
 pub mod transport;

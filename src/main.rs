@@ -1,6 +1,8 @@
-//! Entry point: parse the command line, run, map the outcome to an exit code.
+//! Entry point: parse the command line, run, map the outcome to an exit code; and the
+//! signals (SIGTERM/SIGINT stop, SIGHUP reloads).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use std::time::{Duration, Instant};
@@ -47,8 +49,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => {
-            logging.set_level(&config.log.level);
-            run(&config)
+            logging.configure(config.log.format, &config.log.level);
+            run(&config, logging)
         }
         Command::Demo(_) | Command::Examine(_) => unreachable!("handled before the config"),
     }
@@ -66,7 +68,7 @@ fn demo_options(args: &DemoArgs) -> demo::DemoOptions {
     }
 }
 
-fn run(config: &Config) -> ExitCode {
+fn run(config: &Config, logging: logging::Logging) -> ExitCode {
     let endpoint = match Endpoint::new(&config.broker) {
         Ok(endpoint) => endpoint,
         Err(e) => {
@@ -87,26 +89,39 @@ fn run(config: &Config) -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        if let Err(e) = watch_signals(shutdown.clone()) {
+        let ops = Arc::new(daemon::Ops {
+            reload: Default::default(),
+            logging: Some(logging),
+        });
+        if let Err(e) = watch_signals(shutdown.clone(), ops.clone()) {
             tracing::error!("cannot install signal handlers: {e}; exiting");
             return daemon::Outcome::Failed;
         }
-        daemon::run(config, &endpoint, &shutdown).await
+        daemon::run(config, &endpoint, &shutdown, &ops).await
     });
     ExitCode::from(outcome.exit_code())
 }
 
-/// SIGTERM and SIGINT cancel `shutdown`; the daemon then drains and disconnects.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+/// SIGTERM and SIGINT cancel `shutdown`; the daemon then drains and disconnects. SIGHUP
+/// notifies `ops.reload`, which the daemon's event loop picks up (several SIGHUPs before it
+/// does make one reload).
+fn watch_signals(shutdown: CancellationToken, ops: Arc<daemon::Ops>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
             _ = int.recv() => tracing::info!("SIGINT received; stopping"),
         }
         shutdown.cancel();
+    });
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the configuration");
+            ops.reload.notify_one();
+        }
     });
     Ok(())
 }

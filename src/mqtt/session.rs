@@ -379,6 +379,11 @@ impl Session {
         }
     }
 
+    /// Replaces the Last Will for the next CONNECT (a broker without retain refused it).
+    pub fn set_will(&mut self, will: Option<Will>) {
+        self.config.will = will;
+    }
+
     /// Whether CONNACK has been accepted on the current transport.
     pub fn is_connected(&self) -> bool {
         self.link == Link::Connected

@@ -424,7 +424,7 @@ impl Responder {
             }
         } else {
             debug!(
-                topic,
+                mqtt_topic = topic,
                 "ignoring a SUBACK for a subscription not in progress"
             );
         }
@@ -455,7 +455,7 @@ impl Responder {
             self.uuid_message(id, payload, now);
         } else {
             self.stats.unexpected += 1;
-            debug!(topic = %Shown(topic.as_bytes()), "ignoring a message on an unexpected topic");
+            debug!(mqtt_topic = %Shown(topic.as_bytes()), "ignoring a message on an unexpected topic");
             self.actions.push_back(Action::Ack(id));
         }
     }
@@ -524,6 +524,71 @@ impl Responder {
         self.actions.pop_front()
     }
 
+    /// Swaps in a new reply table (SIGHUP), without touching the connection: the reply
+    /// topics are rendered again for the current UUID, in-flight replies keep what was sent
+    /// and still count for their command, and the counters carry over by command name.
+    /// All or nothing: if a reply topic cannot be rendered, the old table stays.
+    pub fn replace_replies(&mut self, replies: &ReplyTable) -> Result<(), String> {
+        let mut table = HashMap::with_capacity(replies.0.len());
+        let mut payloads = Vec::with_capacity(replies.0.len());
+        let mut commands: Vec<&str> = Vec::with_capacity(replies.0.len());
+        for (command, reply) in &replies.0 {
+            if table.contains_key(command) {
+                continue;
+            }
+            table.insert(command.clone(), payloads.len());
+            payloads.push(Bytes::from(reply.clone()));
+            commands.push(command);
+        }
+        let reply_topics = match &self.accepted {
+            Some(accepted) => {
+                let vars = Vars {
+                    user_id: &self.user_id,
+                    uuid: &accepted.uuid,
+                    command: "",
+                };
+                let mut topics = Vec::with_capacity(commands.len());
+                for command in &commands {
+                    let topic = self
+                        .reply_template
+                        .render_checked(&Vars { command, ..vars })
+                        .map_err(|e| format!("reply topic for {command} {e}"))?;
+                    topics.push(topic);
+                }
+                Some(topics)
+            }
+            None => None,
+        };
+        // New rows: the table's commands first (that is what indices into `replies` assume),
+        // then the old rows that still mean something (removed commands that were answered
+        // or have a reply in flight, unknown commands) after them.
+        let old_rows = std::mem::take(&mut self.stats.answered);
+        let mut rows: Vec<(String, u64)> = commands
+            .iter()
+            .map(|c| {
+                let count = old_rows.iter().find(|(o, _)| o == c).map_or(0, |(_, n)| *n);
+                ((*c).to_owned(), count)
+            })
+            .collect();
+        for (row, (command, count)) in old_rows.iter().enumerate() {
+            let in_flight = self.in_flight.values().any(|r| *r == row);
+            if !table.contains_key(command) && (*count > 0 || in_flight) {
+                rows.push((command.clone(), *count));
+            }
+        }
+        for row in self.in_flight.values_mut() {
+            let name = &old_rows[*row].0;
+            *row = rows.iter().position(|(c, _)| c == name).unwrap_or(*row);
+        }
+        self.stats.answered = rows;
+        self.table = table;
+        self.replies = payloads;
+        if let (Some(accepted), Some(topics)) = (&mut self.accepted, reply_topics) {
+            accepted.reply_topics = topics;
+        }
+        Ok(())
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -585,7 +650,7 @@ impl Responder {
                 return;
             }
         };
-        info!(uuid = %accepted.uuid, "UUID received");
+        info!(session_uuid = %accepted.uuid, "UUID received");
         self.accepted = Some(accepted);
         self.timers.stop(Timer::LoginTimeout);
         self.login_wait = self.login_timeout;
@@ -753,7 +818,7 @@ impl Responder {
         row: usize,
     ) {
         let qos = self.effective_qos();
-        debug!(%command, %topic, qos = qos.as_u8(), "answering");
+        debug!(%command, mqtt_topic = %topic, qos = qos.as_u8(), "answering");
         self.in_flight.insert(id, row);
         self.actions.push_back(Action::Publish(Outgoing {
             topic,
@@ -827,7 +892,7 @@ impl Responder {
     fn subscription_refused(&mut self, sub: Sub, topic: &str, now: Instant) {
         let delay = self.resubscribe_delay;
         error!(
-            topic,
+            mqtt_topic = topic,
             "the broker refused the subscription; retrying in {} ms",
             delay.as_millis()
         );
@@ -866,18 +931,18 @@ impl Responder {
         match phase {
             Phase::Disconnected => info!("disconnected"),
             Phase::SubscribingUuid => {
-                info!(topic = %self.uuid_topic, "subscribing to the UUID topic")
+                info!(mqtt_topic = %self.uuid_topic, "subscribing to the UUID topic")
             }
             Phase::WaitingForUuid => info!(
-                topic = %self.login_topic,
+                mqtt_topic = %self.login_topic,
                 user_id = %self.user_id,
                 "logged in, waiting for the UUID"
             ),
             Phase::SubscribingCommands => info!(
-                topic = self.accepted.as_ref().map(|a| a.command_topic.as_str()),
+                mqtt_topic = self.accepted.as_ref().map(|a| a.command_topic.as_str()),
                 "subscribing to the command topic"
             ),
-            Phase::Answering => info!(uuid = self.uuid(), "answering commands"),
+            Phase::Answering => info!(session_uuid = self.uuid(), "answering commands"),
             Phase::Draining => info!(
                 outstanding = self.in_flight.len(),
                 "draining: waiting for replies to be acknowledged"
@@ -973,6 +1038,76 @@ mod tests {
         assert_eq!(r.phase(), Phase::Answering);
         actions(&mut r);
         r
+    }
+
+    #[test]
+    fn replace_replies_swaps_the_table_and_rerenders_reply_topics() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        actions(&mut r);
+        r.handle_delivered(MessageId(2), t);
+        let table = |pairs: &[(&str, &str)]| {
+            ReplyTable(
+                pairs
+                    .iter()
+                    .map(|(c, v)| (c.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        // CMD2 moves to another row and CMD1 disappears; a new command arrives.
+        r.replace_replies(&table(&[("NEW", "Fresh"), ("CMD2", "Kitten")]))
+            .unwrap();
+        assert_eq!(r.phase(), Phase::Answering, "the connection is untouched");
+        assert_eq!(actions(&mut r), []);
+        r.handle_message(MessageId(4), UUID, b"NEW", t);
+        r.handle_message(MessageId(5), UUID, b"CMD2", t);
+        r.handle_message(MessageId(6), UUID, b"CMD1", t);
+        assert_eq!(
+            actions(&mut r),
+            [
+                reply("NEW", "Fresh", 4, QoS::ExactlyOnce),
+                reply("CMD2", "Kitten", 5, QoS::ExactlyOnce),
+                Action::Ack(MessageId(6)),
+            ]
+        );
+        assert_eq!(r.stats().unknown, 1, "CMD1 is unknown now");
+        // The reply in flight before the reload still counts for its command.
+        for id in [3, 4, 5] {
+            r.handle_delivered(MessageId(id), t);
+        }
+        assert_eq!(
+            r.stats().answered,
+            [
+                ("NEW".to_owned(), 1),
+                ("CMD2".to_owned(), 2),
+                ("CMD1".to_owned(), 1)
+            ]
+        );
+        // Before the UUID is known there are no topics to render; they come with it.
+        let mut r = waiting(&session(), t);
+        r.replace_replies(&table(&[("X", "Y")])).unwrap();
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), t);
+        actions(&mut r);
+        r.handle_message(MessageId(2), UUID, b"X", t);
+        assert_eq!(actions(&mut r), [reply("X", "Y", 2, QoS::ExactlyOnce)]);
+    }
+
+    #[test]
+    fn replace_replies_keeps_the_old_table_when_a_topic_cannot_be_rendered() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        // A command long enough to push the reply topic past MQTT's 65535-byte limit.
+        let long = "C".repeat(70_000);
+        let bad = ReplyTable(vec![("CMD1".into(), "New".into()), (long, "x".into())]);
+        assert!(r.replace_replies(&bad).is_err());
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        assert_eq!(
+            actions(&mut r),
+            [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
+        );
     }
 
     #[test]

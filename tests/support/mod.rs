@@ -146,7 +146,7 @@ fn find_executable(name: &str) -> Option<PathBuf> {
 
 /// Sends `signal` (e.g. `"TERM"`) to `pid` with the `kill` utility. The crate forbids
 /// `unsafe`, so no `libc::kill`; still strictly by PID.
-fn send_signal(pid: u32, signal: &str) -> Result<()> {
+pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
     let status = Command::new("kill")
         .args(["-s", signal, &pid.to_string()])
         .stdin(Stdio::null())

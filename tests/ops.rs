@@ -1,0 +1,662 @@
+//! Operations (SPEC §5, §6) through the real binary against a real mosquitto: sd_notify
+//! readiness, status, watchdog and stop; SIGHUP reload; the retained presence record and
+//! the Last Will; JSON and native journald log records.
+//!
+//! The peer side is a raw MQTT 3.1.1 client driven step by step (the examiner checks
+//! replies against one fixed table, and a reload changes the table mid-run). It subscribes
+//! at QoS 0, so it never owes the broker an acknowledgement.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4;
+use support::raw::{self, RawV4};
+use support::{Mosquitto, send_signal, wait_until, write_config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
+const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
+/// Bound for every single wait below; far above what each step takes.
+const STEP: Duration = Duration::from_secs(15);
+
+/// A message the peer received.
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    payload: String,
+    retain: bool,
+}
+
+/// The peer: one raw connection that keeps every PUBLISH it receives.
+struct Peer {
+    conn: RawV4,
+    inbox: Vec<Msg>,
+    next_pkid: u16,
+}
+
+impl Peer {
+    fn connect(port: u16, id: &str, login: Option<(&str, &str)>) -> Peer {
+        let (conn, ack) = raw::connect_v4(port, id, login).expect("peer connects");
+        assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+        Peer {
+            conn,
+            inbox: Vec::new(),
+            next_pkid: 1,
+        }
+    }
+
+    /// SUBSCRIBE at QoS 0 and wait for its SUBACK, keeping messages that arrive meanwhile.
+    fn subscribe(&mut self, filter: &str) {
+        let pkid = self.next_pkid;
+        self.next_pkid += 1;
+        let mut sub = v4::Subscribe::new(filter, QoS::AtMostOnce);
+        sub.pkid = pkid;
+        self.conn.send(&v4::Packet::Subscribe(sub)).unwrap();
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            match self.conn.recv() {
+                Ok(v4::Packet::SubAck(ack)) if ack.pkid == pkid => return,
+                Ok(v4::Packet::Publish(p)) => self.keep(p),
+                Ok(_) | Err(_) => {}
+            }
+        }
+        panic!("no SUBACK for {filter}");
+    }
+
+    fn publish(&mut self, topic: &str, payload: &str) {
+        let p = v4::Publish::new(topic, QoS::AtMostOnce, payload.as_bytes().to_vec());
+        self.conn.send(&v4::Packet::Publish(p)).unwrap();
+    }
+
+    fn keep(&mut self, p: v4::Publish) {
+        self.inbox.push(Msg {
+            topic: p.topic,
+            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+            retain: p.retain,
+        });
+    }
+
+    /// Takes the first kept or arriving message that matches, within [`STEP`].
+    fn expect(&mut self, what: &str, matches: impl Fn(&Msg) -> bool) -> Msg {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(i) = self.inbox.iter().position(&matches) {
+                return self.inbox.remove(i);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "peer: no {what} within {STEP:?}; got {:?}",
+                self.inbox
+            );
+            // A read timeout is just another turn of the bounded loop.
+            if let Ok(v4::Packet::Publish(p)) = self.conn.recv() {
+                self.keep(p);
+            }
+        }
+    }
+
+    /// Sends `command` and returns the reply payload.
+    fn ask(&mut self, command: &str) -> String {
+        self.publish(UUID, command);
+        let topic = format!("{UUID}/{command}");
+        self.expect(&format!("reply to {command}"), |m| m.topic == topic)
+            .payload
+    }
+}
+
+/// The notification socket a test owns, as systemd would.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    lines: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            lines: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        // Bounded: at most this many datagrams per call.
+        for _ in 0..1000 {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => self.lines.extend(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .map(str::to_owned),
+                ),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Waits until a line satisfies `cond`; returns its index.
+    fn wait(&mut self, what: &str, cond: impl Fn(&str) -> bool) -> usize {
+        let mut found = None;
+        wait_until(STEP, || {
+            self.drain();
+            found = self.lines.iter().position(|l| cond(l));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no {what} notification; got {:?}", self.lines))
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines.iter().filter(|l| *l == line).count()
+    }
+}
+
+/// The daemon under test, its stderr in a file so it can be read while it runs.
+struct Daemon {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let stderr = config.with_file_name("daemon.log");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("start the daemon"),
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, pattern: &str) {
+        assert!(
+            wait_until(STEP, || self.log().contains(pattern)),
+            "no {pattern:?} in the daemon's log:\n{}",
+            self.log()
+        );
+    }
+
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal).unwrap();
+    }
+
+    /// Waits (bounded) for the exit and returns its code.
+    fn exit_code(&mut self) -> Option<i32> {
+        let mut status = None;
+        wait_until(STEP, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        match status {
+            Some(s) => s.code(),
+            None => {
+                self.child.kill().ok();
+                panic!("the daemon did not exit; log:\n{}", self.log());
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Strictly our child, by PID, if a failed assertion left it running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
+fn config(port: u16, user: &str, extra: &str) -> String {
+    format!(
+        "[broker]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+         [session]\nuser_id = \"{user}\"\nqos = 1\nlogin_timeout_secs = 30\n\
+         status_interval_secs = 3600\n{extra}\n\
+         [reconnect]\ninitial_delay_ms = 50\nmax_delay_secs = 1\nmax_attempts = 20\n"
+    )
+}
+
+/// Peer side of the login: the login arrives, the UUID goes out, and once the daemon has
+/// subscribed to the command topic (seen in the broker's log) the peer listens for replies.
+fn hand_out_uuid(peer: &mut Peer, broker: &Mosquitto, mark: usize, user: &str) {
+    peer.expect("login", |m| m.topic == "login" && m.payload == user);
+    peer.publish(&format!("{user}/UUID"), UUID);
+    assert!(
+        broker.wait_for_log_since(mark, &format!("{UUID} (QoS"), STEP),
+        "the daemon did not subscribe to the command topic"
+    );
+    peer.subscribe(&format!("{UUID}/+"));
+}
+
+#[test]
+fn notify_ready_after_login_status_watchdog_and_stopping() {
+    let broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-notify";
+    let path = write_config(dir.path(), &config(broker.port(), user, ""));
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut peer = Peer::connect(broker.port(), "peer-notify", None);
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(
+        &path,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
+
+    // READY=1 comes without any UUID from the peer: a slow peer cannot fail the start.
+    let connecting = notify.wait("STATUS=connecting", |l| {
+        l == format!("STATUS=connecting to 127.0.0.1:{}", broker.port())
+    });
+    let ready = notify.wait("READY=1", |l| l == "READY=1");
+    let waiting = notify.wait("waiting status", |l| l == "STATUS=waiting for UUID");
+    assert!(connecting < ready, "{:?}", notify.lines);
+    assert!(
+        waiting.abs_diff(ready) <= 2,
+        "READY=1 belongs with the login: {:?}",
+        notify.lines
+    );
+    peer.expect("login", |m| m.topic == "login" && m.payload == user);
+    assert_eq!(notify.count("READY=1"), 1);
+
+    peer.publish(&format!("{user}/UUID"), UUID);
+    assert!(broker.wait_for_log_since(mark, &format!("{UUID} (QoS"), STEP));
+    peer.subscribe(&format!("{UUID}/+"));
+    notify.wait("answering status", |l| {
+        l == format!("STATUS=answering on {UUID}: 0 replies")
+    });
+    for (command, reply) in [("CMD1", "Apple"), ("CMD4", "Rat"), ("CMD7", "Toy")] {
+        assert_eq!(peer.ask(command), reply);
+    }
+    // Refreshed by a timer (at most every 5 s), not once per reply.
+    notify.wait("refreshed status", |l| {
+        l == format!("STATUS=answering on {UUID}: 3 replies")
+    });
+    assert!(
+        !notify.lines.iter().any(|l| l.ends_with(": 1 replies")),
+        "status sent per reply: {:?}",
+        notify.lines
+    );
+    // The watchdog (300 ms) is pinged every 150 ms from the event loop.
+    assert!(
+        notify.count("WATCHDOG=1") >= 5,
+        "{} pings: {:?}",
+        notify.count("WATCHDOG=1"),
+        notify.lines
+    );
+
+    daemon.signal("TERM");
+    notify.wait("STOPPING=1", |l| l == "STOPPING=1");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines);
+}
+
+#[test]
+fn sighup_swaps_the_reply_table_without_reconnecting_and_keeps_it_on_a_bad_file() {
+    let broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-reload";
+    let replies = "[replies]\nCMD1 = \"Apple\"\nCMD2 = \"Cat\"\n";
+    let path = write_config(dir.path(), &config(broker.port(), user, replies));
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut peer = Peer::connect(broker.port(), "peer-reload", None);
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD1"), "Apple");
+
+    // A new table and a setting that needs a restart.
+    let client = format!("mqtt-responder-{user}");
+    let connected = broker.log().matches(&format!("as {client} (")).count();
+    let new_replies = "[replies]\nCMD1 = \"Pear\"\nCMD9 = \"Nine\"\n[log]\nlevel = \"debug\"\n";
+    let new = config(broker.port(), user, new_replies).replace("qos = 1", "qos = 2");
+    write_config(dir.path(), &new);
+    daemon.signal("HUP");
+    daemon.wait_for_log("2 replies, log level debug");
+    assert!(
+        daemon
+            .log()
+            .contains("session.qos changed; needs restart, not applied"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(peer.ask("CMD1"), "Pear");
+    assert_eq!(peer.ask("CMD9"), "Nine");
+    // The new log level is in force: per-reply DEBUG lines appear.
+    daemon.wait_for_log("reply acknowledged");
+    let reloading = notify.wait("RELOADING=1", |l| l == "RELOADING=1");
+    assert!(
+        notify.lines[reloading..].iter().any(|l| l == "READY=1"),
+        "READY=1 after the reload: {:?}",
+        notify.lines
+    );
+
+    // An invalid file: logged with its key, the table in force stays.
+    let bad = format!("{new}\n").replace("qos = 2", "qos = 3");
+    write_config(dir.path(), &bad);
+    daemon.signal("HUP");
+    daemon.wait_for_log("session.qos = 3, expected 0, 1 or 2; keeping the current configuration");
+    assert_eq!(peer.ask("CMD1"), "Pear");
+    assert_eq!(
+        broker.log().matches(&format!("as {client} (")).count(),
+        connected,
+        "a reload must not reconnect"
+    );
+
+    peer.publish(UUID, "Well done my IoT!");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    assert!(daemon.log().contains("summary: Completed"));
+}
+
+#[test]
+fn presence_online_offline_completed_and_the_will_after_sigkill() {
+    let broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-presence";
+    let status = format!("{user}/status");
+    let path = write_config(dir.path(), &config(broker.port(), user, ""));
+    let mut peer = Peer::connect(broker.port(), "peer-presence", None);
+    peer.subscribe("login");
+    peer.subscribe(&status);
+    let json = |m: &Msg| serde_json::from_str::<serde_json::Value>(&m.payload).unwrap();
+
+    // A completed run: online (before and after the UUID), then offline "completed".
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    let online = peer.expect("online record", |m| m.topic == status);
+    let v = json(&online);
+    assert_eq!(v["state"], "online", "{v}");
+    assert!(v["uuid"].is_null(), "{v}");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["answered"], 0);
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    let with_uuid = peer.expect("online record with the UUID", |m| m.topic == status);
+    assert_eq!(json(&with_uuid)["uuid"], UUID);
+    assert_eq!(peer.ask("CMD2"), "Cat");
+    peer.publish(UUID, "Well done my IoT!");
+    let offline = peer.expect("offline record", |m| m.topic == status);
+    assert_eq!(
+        json(&offline),
+        serde_json::json!({"state": "offline", "reason": "completed"})
+    );
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    assert!(
+        !peer.inbox.iter().any(|m| m.topic.ends_with("/status")),
+        "presence after the farewell: {:?}",
+        peer.inbox
+    );
+
+    // A run killed without warning: the broker publishes the Will.
+    let mut daemon = Daemon::spawn(&path, &[]);
+    let online = peer.expect("online record", |m| {
+        m.topic == status && m.payload.contains("online")
+    });
+    assert_eq!(json(&online)["state"], "online");
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let will = peer.expect("the Will", |m| m.topic == status);
+    assert_eq!(
+        json(&will),
+        serde_json::json!({"state": "offline", "reason": "lost"})
+    );
+    // Retained: whoever looks later sees it.
+    let mut late = Peer::connect(broker.port(), "peer-late", None);
+    late.subscribe(&status);
+    let retained = late.expect("retained record", |m| m.topic == status);
+    assert!(retained.retain);
+    assert_eq!(json(&retained)["reason"], "lost");
+}
+
+#[test]
+fn json_log_lines_carry_the_fields_and_no_secret() {
+    const SECRET: &str = "n0t-in-any-L0g";
+    let broker = require_mosquitto!()
+        .with_user("ops-json", SECRET)
+        .with_user("peer", "peer-pw")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-json";
+    let extra = "[log]\nformat = \"json\"\nlevel = \"trace\"\n";
+    let toml = config(broker.port(), user, extra).replace(
+        "[session]",
+        &format!("username = \"ops-json\"\npassword = \"{SECRET}\"\n\n[session]"),
+    );
+    let path = write_config(dir.path(), &toml);
+    let mut peer = Peer::connect(broker.port(), "peer-json", Some(("peer", "peer-pw")));
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD4"), "Rat");
+    peer.publish(UUID, "Well done my IoT!");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+
+    let log = daemon.log();
+    assert!(!log.contains(SECRET), "the password leaked:\n{log}");
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |message: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .unwrap_or_else(|| panic!("no {message:?} record in:\n{log}"))
+    };
+    let connecting = find("connecting to");
+    assert_eq!(connecting["level"], "INFO");
+    assert_eq!(connecting["broker"], format!("127.0.0.1:{}", broker.port()));
+    assert_eq!(connecting["reconnect_attempt"], 1);
+    let reply = find("reply acknowledged");
+    assert_eq!(reply["level"], "DEBUG");
+    assert_eq!(reply["command"], "CMD4");
+    assert_eq!(reply["mqtt_topic"], format!("{UUID}/CMD4"));
+    assert_eq!(reply["session_uuid"], UUID);
+    assert_eq!(reply["qos"], 1);
+    assert!(reply["latency_us"].as_u64().is_some(), "{reply}");
+    assert_eq!(find("UUID received")["session_uuid"], UUID);
+}
+
+/// Native journald records, read the way journald would: the daemon runs in a private
+/// mount namespace (`unshare`, root only) whose `/run/systemd/journal/socket` is the test's
+/// own datagram socket.
+#[test]
+fn journald_records_have_priorities_and_upper_case_fields() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root && !support::in_ci() {
+        eprintln!("SKIPPED: the journald test needs root for unshare --mount");
+        return;
+    }
+    let broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-journal";
+    let path = write_config(
+        dir.path(),
+        &config(
+            broker.port(),
+            user,
+            "[log]\nformat = \"journald\"\nlevel = \"debug\"\n",
+        ),
+    );
+    let journal = dir.path().join("journal.sock");
+    let socket = UnixDatagram::bind(&journal).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut peer = Peer::connect(broker.port(), "peer-journal", None);
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
+                  && touch /run/systemd/journal/socket \
+                  && mount --bind \"$JOURNAL\" /run/systemd/journal/socket \
+                  && exec \"$BIN\" run --config \"$CONFIG\"";
+    let stderr = dir.path().join("daemon.log");
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("JOURNAL", &journal)
+        .env("BIN", BIN)
+        .env("CONFIG", &path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon_log = || fs::read_to_string(&stderr).unwrap_or_default();
+    let mut records: Vec<BTreeMap<String, String>> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut drain = |records: &mut Vec<BTreeMap<String, String>>| {
+        for _ in 0..1000 {
+            match socket.recv(&mut buf) {
+                Ok(n) => records.push(parse_journal(&buf[..n])),
+                Err(_) => return,
+            }
+        }
+    };
+    let deadline = Instant::now() + STEP;
+    while !records
+        .iter()
+        .any(|r| r.get("MESSAGE").is_some_and(|m| m.contains("logged in")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no login record; stderr:\n{}",
+            daemon_log()
+        );
+        drain(&mut records);
+    }
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD3"), "Dog");
+    peer.publish(UUID, "Well done my IoT!");
+    let mut status = None;
+    wait_until(STEP, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        child.kill().ok();
+        child.wait().ok();
+        panic!("the daemon did not exit; stderr:\n{}", daemon_log());
+    }
+    assert_eq!(status.unwrap().code(), Some(0), "{}", daemon_log());
+    drain(&mut records);
+
+    let find = |message: &str| {
+        records
+            .iter()
+            .find(|r| r.get("MESSAGE").is_some_and(|m| m.starts_with(message)))
+            .unwrap_or_else(|| panic!("no {message:?} record in {records:#?}"))
+    };
+    let connecting = find("connecting to");
+    assert_eq!(connecting["PRIORITY"], "6", "INFO is journald's info");
+    assert_eq!(connecting["SYSLOG_IDENTIFIER"], "mqtt-responder");
+    assert_eq!(connecting["BROKER"], format!("127.0.0.1:{}", broker.port()));
+    assert_eq!(connecting["RECONNECT_ATTEMPT"], "1");
+    let reply = find("reply acknowledged");
+    assert_eq!(reply["PRIORITY"], "7");
+    assert_eq!(reply["COMMAND"], "CMD3");
+    assert_eq!(reply["MQTT_TOPIC"], format!("{UUID}/CMD3"));
+    assert_eq!(reply["SESSION_UUID"], UUID);
+    assert_eq!(reply["QOS"], "1");
+    assert!(reply["LATENCY_US"].parse::<u64>().is_ok());
+    assert!(
+        daemon_log().is_empty(),
+        "nothing on stderr with journald: {}",
+        daemon_log()
+    );
+}
+
+/// journald's native datagram: `KEY=value\n`, or `KEY\n` + little-endian u64 length +
+/// value + `\n` for values that may hold newlines.
+fn parse_journal(mut data: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while let Some(eol) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..eol];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            data = &data[eol + 1..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[eol + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = &rest[8..8 + len];
+            fields.insert(key, String::from_utf8_lossy(value).into_owned());
+            data = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+#[test]
+fn presence_without_retain_when_the_broker_has_none() {
+    let broker = require_mosquitto!()
+        .extra_config("retain_available false")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-noretain";
+    let status = format!("{user}/status");
+    let toml =
+        config(broker.port(), user, "").replace("[session]", "protocol = \"5\"\n\n[session]");
+    let path = write_config(dir.path(), &toml);
+    let mut peer = Peer::connect(broker.port(), "peer-noretain", None);
+    peer.subscribe("login");
+    peer.subscribe(&status);
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    let online = peer.expect("online record", |m| m.topic == status);
+    assert!(online.payload.contains("\"online\""), "{online:?}");
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD5"), "Boy");
+    peer.publish(UUID, "Well done my IoT!");
+    peer.expect("offline record", |m| {
+        m.topic == status && m.payload.contains("completed")
+    });
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("without retain"), "{log}");
+    assert!(
+        log.contains("connecting again with a Will that is not retained"),
+        "{log}"
+    );
+}
