@@ -39,7 +39,7 @@ pub struct Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// TCP connect failed.
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {0}: {1}{hint}", hint = blocked_hint(.1))]
     Tcp(String, io::Error),
     /// The TLS handshake failed (untrusted certificate, wrong name, …).
     #[error("TLS handshake with {addr} failed (trusting {trust}): {source}")]
@@ -116,6 +116,17 @@ impl Endpoint {
             .await
             .map_err(tls_err)?;
         Ok(Box::pin(stream))
+    }
+}
+
+/// EPERM from `connect` is not the network's answer but a local firewall's, most likely the
+/// unit's `IPAddressAllow=` list: say where to look.
+fn blocked_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        " (refused locally: a broker outside the LAN needs IPAddressAllow=any in a drop-in \
+         for mqtt-responder.service; see README)"
+    } else {
+        ""
     }
 }
 
