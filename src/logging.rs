@@ -55,9 +55,7 @@ pub enum Active {
 
 /// Installs the global subscriber: readable lines on stderr until [`Logging::configure`].
 pub fn init() -> Logging {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = EnvFilter::try_new(env.as_deref().unwrap_or("info"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, env_override) = filter_or_env("info");
     let (filter, filter_handle) = reload::Layer::new(filter);
     let (output, output_handle) = reload::Layer::new(text());
     let _ = tracing_subscriber::registry()
@@ -67,16 +65,23 @@ pub fn init() -> Logging {
     Logging {
         filter: filter_handle,
         output: output_handle,
-        env_override: env.is_some(),
+        env_override,
     }
+}
+
+/// `RUST_LOG` when set (and valid), else `default`; and whether `RUST_LOG` was set.
+fn filter_or_env(default: &str) -> (EnvFilter, bool) {
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = EnvFilter::try_new(env.as_deref().unwrap_or(default))
+        .or_else(|_| EnvFilter::try_new(default))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    (filter, env.is_some())
 }
 
 /// Installs a subscriber for the interactive subcommands: short lines on stderr without
 /// timestamps, `filter` unless `RUST_LOG` says otherwise.
 pub fn init_console(filter: &str) {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = EnvFilter::try_new(env.as_deref().unwrap_or(filter))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let (filter, _) = filter_or_env(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(
@@ -91,9 +96,7 @@ pub fn init_console(filter: &str) {
 /// Installs a subscriber for `demo` that prints the daemon's records as transcript lines on
 /// stdout (`  0.123 s  daemon  connected …`), with times counted from `started`.
 pub fn init_transcript(filter: &str, started: Instant) {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = EnvFilter::try_new(env.as_deref().unwrap_or(filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, _) = filter_or_env(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(

@@ -346,11 +346,7 @@ impl Responder {
             return;
         }
         // Every CONNACK may start a new broker session: nothing in progress survives it.
-        self.pending_uuid_sub = false;
-        self.pending_command_sub = false;
-        self.retry = None;
-        self.timers.stop(Timer::Resubscribe);
-        self.timers.stop(Timer::LoginTimeout);
+        self.void_pending();
         if !session_present {
             self.commands_subscribed = false;
             self.granted_qos = QoS::ExactlyOnce;
@@ -380,13 +376,18 @@ impl Responder {
         if self.phase == Phase::Finished {
             return;
         }
+        self.void_pending();
+        self.set_phase(Phase::Disconnected);
+    }
+
+    /// Subscriptions in progress, their retries and the login timer end with the connection
+    /// (the login timer is armed again by the next login; the drain timer keeps running).
+    fn void_pending(&mut self) {
         self.pending_uuid_sub = false;
         self.pending_command_sub = false;
         self.retry = None;
         self.timers.stop(Timer::Resubscribe);
-        // Re-armed after the next login; the drain timer keeps running.
         self.timers.stop(Timer::LoginTimeout);
-        self.set_phase(Phase::Disconnected);
     }
 
     /// The SUBACK for `topic`: the granted QoS, or `None` when refused.
