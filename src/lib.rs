@@ -11,9 +11,15 @@
 //! | [`topic`] | topic and topic-level checks, `{placeholder}` templates |
 //! | [`protocol`] | the responder and the examiner: pure state machines |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
+//! | [`backoff`] | capped exponential backoff with full jitter, pure |
 //! | [`presence`] | the retained online/offline record and the Last Will, pure |
+//! | [`state`] | the crash-resume state file |
+//! | [`transport`] | TCP (no Nagle) and TLS to the broker |
 //! | [`driver`], [`daemon`] | the event loop over one connection; reconnects, reload, shutdown |
 //! | [`systemd`], [`logging`] | the operating-system edges: sd_notify, journald/text/JSON |
+//! | [`cli`] | the command line |
+//! | [`examine`], [`examine_command`] | the peer side against a real broker, and its subcommand |
+//! | [`broker`], [`demo`], [`console`] | the embedded broker, the `demo`, what both show a person |
 
 pub mod backoff;
 pub mod broker;
