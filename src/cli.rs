@@ -127,7 +127,7 @@ pub struct ExamineArgs {
     /// Seed for the random commands and UUIDs [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Client identifier [default: mqtt-responder-examiner-<random>].
+    /// Client identifier [default: mqtt-responder-examiner-RANDOM].
     #[arg(long)]
     pub client_id: Option<String>,
     /// Print the result as one JSON document on stdout.
