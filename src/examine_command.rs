@@ -114,6 +114,28 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
             .collect::<Result<Vec<_>, _>>()?;
         ReplyTable(pairs)
     };
+    let response_topic = match &args.response_topic {
+        // Response Topic and Correlation Data are MQTT 5 properties: 3.1.1 cannot carry them.
+        Some(_) if protocol != Protocol::V5 => {
+            return Err(
+                "--response-topic needs --protocol 5 (MQTT 3.1.1 has no Response \
+                        Topic)"
+                    .to_owned(),
+            );
+        }
+        Some(source) => {
+            let response = template("response-topic", source, &all[..2])?;
+            // With several devices on one topic each would see the others' responses.
+            if args.logins > 1 && !response.uses(Var::UserId) && !response.uses(Var::Uuid) {
+                return Err(format!(
+                    "--response-topic {source:?}: with --logins > 1 it must use {{user_id}} \
+                     or {{uuid}}"
+                ));
+            }
+            Some(response)
+        }
+        None => None,
+    };
     let settings = ExaminerSettings {
         login_topic: template("login-topic", &args.login_topic, &all[..1])?,
         uuid_topic: template("uuid-topic", &args.uuid_topic, &all[..1])?,
@@ -130,6 +152,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         seed,
         uuid: None,
         ignore_logins: 0,
+        response_topic,
     };
     let exam = Examination {
         connection: PeerConnection {
