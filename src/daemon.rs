@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::driver::{self, App, End};
-use crate::mqtt::packet::{ConnectCode, Publish};
+use crate::mqtt::packet::{ConnectCode, Protocol, Publish};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
 use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
@@ -283,6 +283,8 @@ struct ResponderApp {
     stop_deadline: Option<Instant>,
     disconnect_sent: bool,
     rejected: u64,
+    /// MQTT version, for the CONNACK summary line.
+    protocol: Protocol,
     /// Reason code of a DISCONNECT the broker sent on the current connection.
     broker_disconnect_reason: Option<u8>,
 }
@@ -300,6 +302,7 @@ impl ResponderApp {
             stop_deadline: None,
             disconnect_sent: false,
             rejected: 0,
+            protocol: config.broker.protocol,
             broker_disconnect_reason: None,
         }
     }
@@ -346,12 +349,24 @@ impl ResponderApp {
         }
     }
 
-    fn reply_done(&mut self, token: PublishToken, session: &mut Session, now: Instant) {
+    /// A reply is finished with: `delivered`, or refused by the broker (then the command is
+    /// counted as failed; it is acknowledged all the same, as a resend would fail again).
+    fn reply_done(
+        &mut self,
+        token: PublishToken,
+        delivered: bool,
+        session: &mut Session,
+        now: Instant,
+    ) {
         if let Some(id) = self.replies.remove(&token) {
             // The command is acknowledged only now: had we died before, the broker would
             // have redelivered it and it would still get its reply.
             session.ack(id, now);
-            self.responder.handle_delivered(id, now);
+            if delivered {
+                self.responder.handle_delivered(id, now);
+            } else {
+                self.responder.handle_failed(id, now);
+            }
         }
         if self.stopping && self.replies.is_empty() {
             tracing::info!("in-flight replies acknowledged; disconnecting");
@@ -389,8 +404,9 @@ impl App for ResponderApp {
                 caps,
             } => {
                 tracing::info!(
-                    "connected (session present: {session_present}; broker allows QoS {}, \
-                     receive maximum {}, max packet size {}, retain {})",
+                    "connected (MQTT {}, session present: {session_present}; broker allows \
+                     QoS {}, receive maximum {}, max packet size {}, retain {})",
+                    self.protocol,
                     caps.max_qos,
                     caps.receive_maximum,
                     caps.max_packet_size
@@ -420,11 +436,11 @@ impl App for ResponderApp {
                         .handle_request(message.id, &p.topic, &p.payload, &response, now);
                 }
             }
-            Event::Delivered(token) => self.reply_done(token, session, now),
+            Event::Delivered(token) => self.reply_done(token, true, session, now),
             Event::Rejected(token, reason) => {
                 tracing::error!("the broker did not accept a reply: {reason}; counted as failed");
                 self.rejected += 1;
-                self.reply_done(token, session, now);
+                self.reply_done(token, false, session, now);
             }
             Event::BrokerDisconnect {
                 reason,
