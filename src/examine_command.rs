@@ -169,3 +169,44 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
     };
     Ok((endpoint, exam))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::prepare;
+    use crate::cli::{Cli, Command};
+
+    fn prepared(args: &[&str]) -> Result<Option<String>, String> {
+        let cli = Cli::try_parse_from(["mqtt-responder", "examine"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Some(Command::Examine(args)) = cli.command else {
+            panic!("not examine");
+        };
+        let (_, exam) = prepare(&args)?;
+        Ok(exam.settings.response_topic.map(|t| t.to_string()))
+    }
+
+    #[test]
+    fn response_topic_needs_mqtt5_and_a_valid_template() {
+        assert_eq!(
+            prepared(&["--protocol", "5", "--response-topic", "resp/{uuid}"]),
+            Ok(Some("resp/{uuid}".to_owned()))
+        );
+        assert_eq!(prepared(&[]), Ok(None));
+        let err = prepared(&["--response-topic", "resp/{uuid}"]).unwrap_err();
+        assert!(err.contains("--protocol 5"), "{err}");
+        let err = prepared(&["--protocol", "5", "--response-topic", "r/{command}"]).unwrap_err();
+        assert!(err.contains("--response-topic"), "{err}");
+        let err = prepared(&[
+            "--protocol",
+            "5",
+            "--logins",
+            "2",
+            "--response-topic",
+            "responses",
+        ])
+        .unwrap_err();
+        assert!(err.contains("{user_id} or {uuid}"), "{err}");
+    }
+}
