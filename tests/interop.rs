@@ -230,7 +230,10 @@ fn assert_clean(run: &str, outcome: &Outcome, expected_qos: u8) {
     assert_eq!(totals.sent, COMMANDS as u64, "{run}\n{r}");
     assert_eq!(totals.answered, COMMANDS as u64, "{run}\n{r}");
     assert_eq!(totals.duplicates + r.late + r.unexpected, 0, "{run}\n{r}");
-    assert_eq!(r.connection_losses, 0, "{run}: the examiner lost its connection");
+    assert_eq!(
+        r.connection_losses, 0,
+        "{run}: the examiner lost its connection"
+    );
     assert_eq!(r.expected_qos.as_u8(), expected_qos, "{run}\n{r}");
     assert_eq!(
         outcome.exit_code,
@@ -325,12 +328,15 @@ fn mosquitto_as_shipped() {
     let broker = require_mosquitto!().start().unwrap();
     let name = mosquitto_name();
     let outcomes = mosquitto_matrix(&name, &broker, &["3.1.1", "5"], |q| q, |_| {});
-    for outcome in outcomes.iter().filter(|o| o.connack().starts_with("MQTT 5")) {
+    for outcome in outcomes
+        .iter()
+        .filter(|o| o.connack().starts_with("MQTT 5"))
+    {
         // mosquitto's defaults, as the MQTT 5 CONNACK announces them.
         assert!(
-            outcome
-                .connack()
-                .contains("broker allows QoS 2, receive maximum 20, max packet size unlimited, retain yes"),
+            outcome.connack().contains(
+                "broker allows QoS 2, receive maximum 20, max packet size unlimited, retain yes"
+            ),
             "{}",
             outcome.connack()
         );
@@ -398,7 +404,10 @@ fn mosquitto_max_inflight_messages_2() {
             }
         },
     );
-    for outcome in outcomes.iter().filter(|o| o.connack().starts_with("MQTT 5")) {
+    for outcome in outcomes
+        .iter()
+        .filter(|o| o.connack().starts_with("MQTT 5"))
+    {
         assert!(
             outcome.connack().contains("receive maximum 2,"),
             "{}",
@@ -475,7 +484,10 @@ fn mosquitto_mqtt5_request_response() {
             "a reply went to the ordinary reply topic"
         );
     }
-    assert!(responses > 0, "no publish on the Response Topic in the broker log");
+    assert!(
+        responses > 0,
+        "no publish on the Response Topic in the broker log"
+    );
 }
 
 #[test]

@@ -119,7 +119,11 @@ impl Aedes {
         }
         Err(anyhow!(
             "aedes on 127.0.0.1:{port} {} within {START_TIMEOUT:?}:\n{}",
-            if exited { "exited" } else { "did not accept TCP" },
+            if exited {
+                "exited"
+            } else {
+                "did not accept TCP"
+            },
             self.log()
         ))
     }
