@@ -121,6 +121,10 @@ pub struct ExamineArgs {
     /// The message that ends a device's run.
     #[arg(long, default_value = "Well done my IoT!")]
     pub completion_message: String,
+    /// MQTT 5 request/response: send each command with this Response Topic (`{user_id}`,
+    /// `{uuid}` allowed) and its own Correlation Data, and expect the responses there.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub response_topic: Option<String>,
     /// Expected reply table entry COMMAND=REPLY (repeat; replaces the default table).
     #[arg(long = "reply", value_name = "COMMAND=REPLY")]
     pub replies: Vec<String>,

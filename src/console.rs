@@ -239,6 +239,7 @@ fn merge(reports: &[Report]) -> Option<Report> {
         }
         merged.unexpected += report.unexpected;
         merged.late += report.late;
+        merged.uncorrelated += report.uncorrelated;
         merged.timed_out |= report.timed_out;
         merged.completion_sent &= report.completion_sent;
         if merged.failure.is_none() {

@@ -759,7 +759,15 @@ impl ResponderApp {
         }
     }
 
-    fn reply_done(&mut self, token: PublishToken, session: &mut Session, now: Instant) {
+    /// A reply is finished with: `delivered`, or refused by the broker (then the command is
+    /// counted as failed; it is acknowledged all the same, as a resend would fail again).
+    fn reply_done(
+        &mut self,
+        token: PublishToken,
+        delivered: bool,
+        session: &mut Session,
+        now: Instant,
+    ) {
         if self.farewell == Some(token) {
             self.disconnect(session, now);
             return;
@@ -772,12 +780,17 @@ impl ResponderApp {
                 session_uuid = self.responder.uuid(),
                 latency_us = u64::try_from(now.saturating_duration_since(reply.sent).as_micros())
                     .unwrap_or(u64::MAX),
-                "reply acknowledged"
+                "{}",
+                if delivered { "reply acknowledged" } else { "reply refused" }
             );
             // The command is acknowledged only now: had we died before, the broker would
             // have redelivered it and it would still get its reply.
             session.ack(reply.id, now);
-            self.responder.handle_delivered(reply.id, now);
+            if delivered {
+                self.responder.handle_delivered(reply.id, now);
+            } else {
+                self.responder.handle_failed(reply.id, now);
+            }
         }
         if self.stopping && self.replies.is_empty() {
             tracing::info!("in-flight replies acknowledged; disconnecting");
@@ -815,8 +828,9 @@ impl App for ResponderApp {
                 caps,
             } => {
                 tracing::info!(
-                    "connected (session present: {session_present}; broker allows QoS {}, \
-                     receive maximum {}, max packet size {}, retain {})",
+                    "connected (MQTT {}, session present: {session_present}; broker allows \
+                     QoS {}, receive maximum {}, max packet size {}, retain {})",
+                    self.config.broker.protocol,
                     caps.max_qos,
                     caps.receive_maximum,
                     caps.max_packet_size
@@ -867,11 +881,11 @@ impl App for ResponderApp {
                         .handle_request(message.id, &p.topic, &p.payload, &response, now);
                 }
             }
-            Event::Delivered(token) => self.reply_done(token, session, now),
+            Event::Delivered(token) => self.reply_done(token, true, session, now),
             Event::Rejected(token, reason) => {
                 tracing::error!("the broker did not accept a reply: {reason}; counted as failed");
                 self.rejected += 1;
-                self.reply_done(token, session, now);
+                self.reply_done(token, false, session, now);
             }
             Event::BrokerDisconnect {
                 reason,

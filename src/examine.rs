@@ -210,6 +210,7 @@ pub async fn examine(
         by_user: HashMap::new(),
         subscriptions: HashMap::new(),
         broker_qos: QoS::ExactlyOnce,
+        login_granted: None,
         ready,
         observe,
         timed_out: false,
@@ -289,6 +290,9 @@ struct Fleet<'a> {
     /// SUBSCRIBE packet id → (filter, owning examiner; `None`: the shared login filter).
     subscriptions: HashMap<u16, (String, Option<usize>)>,
     broker_qos: QoS,
+    /// QoS granted on the shared login subscription, passed on to every examiner: a 3.1.1
+    /// broker announces its maximum QoS only this way.
+    login_granted: Option<QoS>,
     ready: Option<oneshot::Sender<()>>,
     observe: &'a mut dyn FnMut(usize, &Note),
     deadline: Instant,
@@ -298,7 +302,7 @@ struct Fleet<'a> {
 
 impl Fleet<'_> {
     fn subscribe(&mut self, session: &mut Session, filter: String, owner: Option<usize>) {
-        let qos = self.exam.settings.qos;
+        let qos = self.exam.settings.qos.min(self.broker_qos);
         if let Some(pkid) = session.subscribe(vec![(filter.clone(), qos)], Instant::now()) {
             self.subscriptions.insert(pkid, (filter, owner));
         }
@@ -325,6 +329,9 @@ impl Fleet<'_> {
         settings.seed = settings.seed.wrapping_add(index as u64);
         let mut examiner = Examiner::new(settings, now).ok()?;
         examiner.handle_connected(false, self.broker_qos, now);
+        if let Some(granted) = self.login_granted {
+            examiner.handle_subscribed(&self.login_topic, Some(granted), now);
+        }
         self.by_user.insert(user_id.to_owned(), index);
         self.examiners.push(examiner);
         self.noise_sent.push(false);
@@ -350,8 +357,13 @@ impl Fleet<'_> {
                         topic,
                         payload,
                         qos,
+                        response_topic,
+                        correlation_data,
                     } => {
-                        session.publish(publish(topic, payload, qos), now);
+                        let mut message = publish(topic, payload, qos);
+                        message.response_topic = response_topic;
+                        message.correlation_data = correlation_data;
+                        session.publish(message, now);
                     }
                     Action::Finished => {}
                 }
@@ -378,7 +390,9 @@ impl Fleet<'_> {
         };
         for noise in self.exam.noise.clone() {
             let topic = noise.topic.unwrap_or_else(|| command_topic.clone());
-            session.publish(publish(topic, noise.payload, self.exam.settings.qos), now);
+            let qos = self.exam.settings.qos.min(self.broker_qos);
+            let qos = self.login_granted.map_or(qos, |granted| qos.min(granted));
+            session.publish(publish(topic, noise.payload, qos), now);
         }
     }
 }
@@ -417,6 +431,10 @@ impl App for Fleet<'_> {
                             self.examiners[index].handle_subscribed(&topic, granted, now)
                         }
                         None => {
+                            self.login_granted = granted;
+                            for examiner in &mut self.examiners {
+                                examiner.handle_subscribed(&topic, granted, now);
+                            }
                             if let Some(ready) = self.ready.take() {
                                 let _ = ready.send(());
                             }
@@ -434,9 +452,13 @@ impl App for Fleet<'_> {
                         .position(|e| e.handles_topic(&p.topic))
                 };
                 match target {
-                    Some(index) => {
-                        self.examiners[index].handle_message(&p.topic, &p.payload, p.qos, now)
-                    }
+                    Some(index) => self.examiners[index].handle_message_correlated(
+                        &p.topic,
+                        &p.payload,
+                        p.qos,
+                        p.correlation_data.as_deref(),
+                        now,
+                    ),
                     None => tracing::debug!(topic = %p.topic, "message for no device ignored"),
                 }
             }

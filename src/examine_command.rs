@@ -114,6 +114,28 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
             .collect::<Result<Vec<_>, _>>()?;
         ReplyTable(pairs)
     };
+    let response_topic = match &args.response_topic {
+        // Response Topic and Correlation Data are MQTT 5 properties: 3.1.1 cannot carry them.
+        Some(_) if protocol != Protocol::V5 => {
+            return Err(
+                "--response-topic needs --protocol 5 (MQTT 3.1.1 has no Response \
+                        Topic)"
+                    .to_owned(),
+            );
+        }
+        Some(source) => {
+            let response = template("response-topic", source, &all[..2])?;
+            // With several devices on one topic each would see the others' responses.
+            if args.logins > 1 && !response.uses(Var::UserId) && !response.uses(Var::Uuid) {
+                return Err(format!(
+                    "--response-topic {source:?}: with --logins > 1 it must use {{user_id}} \
+                     or {{uuid}}"
+                ));
+            }
+            Some(response)
+        }
+        None => None,
+    };
     let settings = ExaminerSettings {
         login_topic: template("login-topic", &args.login_topic, &all[..1])?,
         uuid_topic: template("uuid-topic", &args.uuid_topic, &all[..1])?,
@@ -130,6 +152,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         seed,
         uuid: None,
         ignore_logins: 0,
+        response_topic,
     };
     let exam = Examination {
         connection: PeerConnection {
@@ -145,4 +168,45 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         progress: None,
     };
     Ok((endpoint, exam))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::prepare;
+    use crate::cli::{Cli, Command};
+
+    fn prepared(args: &[&str]) -> Result<Option<String>, String> {
+        let cli = Cli::try_parse_from(["mqtt-responder", "examine"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Some(Command::Examine(args)) = cli.command else {
+            panic!("not examine");
+        };
+        let (_, exam) = prepare(&args)?;
+        Ok(exam.settings.response_topic.map(|t| t.to_string()))
+    }
+
+    #[test]
+    fn response_topic_needs_mqtt5_and_a_valid_template() {
+        assert_eq!(
+            prepared(&["--protocol", "5", "--response-topic", "resp/{uuid}"]),
+            Ok(Some("resp/{uuid}".to_owned()))
+        );
+        assert_eq!(prepared(&[]), Ok(None));
+        let err = prepared(&["--response-topic", "resp/{uuid}"]).unwrap_err();
+        assert!(err.contains("--protocol 5"), "{err}");
+        let err = prepared(&["--protocol", "5", "--response-topic", "r/{command}"]).unwrap_err();
+        assert!(err.contains("--response-topic"), "{err}");
+        let err = prepared(&[
+            "--protocol",
+            "5",
+            "--logins",
+            "2",
+            "--response-topic",
+            "responses",
+        ])
+        .unwrap_err();
+        assert!(err.contains("{user_id} or {uuid}"), "{err}");
+    }
 }

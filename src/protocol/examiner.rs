@@ -56,6 +56,10 @@ pub struct ExaminerSettings {
     pub uuid: Option<String>,
     /// Logins to ignore before serving one, to exercise the responder's login timeout.
     pub ignore_logins: usize,
+    /// MQTT 5 request/response (SPEC §5): every command carries this Response Topic
+    /// (`{user_id}`, `{uuid}` allowed) and its own Correlation Data; responses are expected
+    /// there, matched by their correlation data, instead of on `reply_topic`.
+    pub response_topic: Option<Template>,
 }
 
 impl Default for ExaminerSettings {
@@ -83,6 +87,7 @@ impl Default for ExaminerSettings {
             seed: 0,
             uuid: None,
             ignore_logins: 0,
+            response_topic: None,
         }
     }
 }
@@ -129,6 +134,9 @@ pub enum SettingsError {
     /// A window of 0 would never send anything.
     #[error("the window must be at least 1")]
     ZeroWindow,
+    /// The response topic is one topic for all commands: `{command}` makes no sense in it.
+    #[error("response topic {0} must not contain {{command}}")]
+    ResponseTopicWithCommand(String),
 }
 
 /// What the driver must do next.
@@ -149,6 +157,10 @@ pub enum Action {
         payload: Bytes,
         /// QoS.
         qos: QoS,
+        /// MQTT 5 Response Topic (request/response mode, commands only).
+        response_topic: Option<String>,
+        /// MQTT 5 Correlation Data (request/response mode, commands only).
+        correlation_data: Option<Bytes>,
     },
     /// The run is over (completion sent, or given up): wait for outstanding publishes to be
     /// acknowledged, disconnect, and read [`Examiner::report`].
@@ -237,6 +249,17 @@ struct Rendered {
     reply_filters: Vec<String>,
     /// Reply topic → index into the table.
     reply_topics: HashMap<String, usize>,
+    /// Request/response mode: the Response Topic every command carries.
+    response_topic: Option<String>,
+}
+
+/// A command sent in request/response mode, by its Correlation Data.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    /// Index into the table.
+    index: usize,
+    /// When it was sent; `None` once answered (a second response is a duplicate).
+    sent_at: Option<Instant>,
 }
 
 /// The examiner state machine.
@@ -261,12 +284,19 @@ pub struct Examiner {
     broker_qos: QoS,
     /// The lowest QoS granted on a reply subscription.
     reply_qos: QoS,
+    /// The lowest QoS granted on any subscription: our own publishes stay at or below it,
+    /// since a 3.1.1 broker announces its maximum only this way (mosquitto with `max_qos 1`
+    /// disconnects a client that publishes at QoS 2).
+    granted_qos: QoS,
     /// Subscriptions whose SUBACK is due on this connection.
     pending_subs: Vec<String>,
     /// Send times of commands not yet answered, FIFO per command (latency per reply).
     outstanding: Vec<VecDeque<Instant>>,
     outstanding_total: usize,
     sent_total: usize,
+    /// Request/response mode: every command sent, by its Correlation Data (bounded by
+    /// `commands`).
+    requests: HashMap<Bytes, Request>,
     timers: [Option<Instant>; 2],
     actions: VecDeque<Action>,
     notes: VecDeque<Note>,
@@ -292,6 +322,13 @@ impl Examiner {
         }
         if settings.window == 0 {
             return Err(SettingsError::ZeroWindow);
+        }
+        if let Some(response) = &settings.response_topic
+            && response.uses(Var::Command)
+        {
+            return Err(SettingsError::ResponseTopicWithCommand(
+                response.to_string(),
+            ));
         }
         if settings.commands > 0 && settings.replies.0.is_empty() {
             return Err(SettingsError::NoCommands);
@@ -323,6 +360,7 @@ impl Examiner {
             commands: rows,
             unexpected: 0,
             late: 0,
+            uncorrelated: 0,
             timed_out: false,
             completion_sent: false,
             failure: None,
@@ -341,9 +379,11 @@ impl Examiner {
             rendered: None,
             broker_qos: QoS::ExactlyOnce,
             reply_qos: QoS::ExactlyOnce,
+            granted_qos: QoS::ExactlyOnce,
             pending_subs: Vec::new(),
             outstanding_total: 0,
             sent_total: 0,
+            requests: HashMap::new(),
             timers: [None; 2],
             actions: VecDeque::new(),
             notes: VecDeque::new(),
@@ -398,6 +438,7 @@ impl Examiner {
             self.give_up(format!("the broker refused the subscription to {topic}"));
             return;
         };
+        self.granted_qos = self.granted_qos.min(granted);
         let is_reply_filter = self
             .rendered
             .as_ref()
@@ -420,8 +461,33 @@ impl Examiner {
 
     /// A message arrived, delivered at `qos`.
     pub fn handle_message(&mut self, topic: &str, payload: &[u8], qos: QoS, now: Instant) {
+        self.handle_message_correlated(topic, payload, qos, None, now);
+    }
+
+    /// A message arrived, delivered at `qos`, with its MQTT 5 Correlation Data (if any):
+    /// in request/response mode, responses are matched to commands by it.
+    pub fn handle_message_correlated(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        correlation_data: Option<&[u8]>,
+        now: Instant,
+    ) {
         if topic == self.login_topic {
             self.login(payload);
+            return;
+        }
+        let response_topic = self
+            .rendered
+            .as_ref()
+            .and_then(|r| r.response_topic.as_ref());
+        if response_topic.is_some_and(|t| t == topic) {
+            if self.phase == Phase::Finished {
+                self.report.late += 1;
+            } else {
+                self.response(payload, qos, correlation_data, now);
+            }
             return;
         }
         let command = self
@@ -492,10 +558,9 @@ impl Examiner {
     /// reply topics), for callers that run several examiners on one connection.
     pub fn handles_topic(&self, topic: &str) -> bool {
         topic == self.login_topic
-            || self
-                .rendered
-                .as_ref()
-                .is_some_and(|r| r.reply_topics.contains_key(topic))
+            || self.rendered.as_ref().is_some_and(|r| {
+                r.reply_topics.contains_key(topic) || r.response_topic.as_deref() == Some(topic)
+            })
     }
 
     /// The topic logins arrive on.
@@ -532,7 +597,7 @@ impl Examiner {
 
     /// The QoS for our own publishes and subscriptions.
     fn qos(&self) -> QoS {
-        self.settings.qos.min(self.broker_qos)
+        self.settings.qos.min(self.broker_qos).min(self.granted_qos)
     }
 
     /// A message on the login topic.
@@ -622,7 +687,18 @@ impl Examiner {
         let whole_level = filter
             .split('/')
             .all(|level| !level.contains('+') || level == "+");
-        let reply_filters = if whole_level {
+        let response_topic = match &self.settings.response_topic {
+            Some(template) => Some(
+                template
+                    .render_checked(&vars)
+                    .map_err(|e| format!("response topic {e}"))?,
+            ),
+            None => None,
+        };
+        let reply_filters = if let Some(response_topic) = &response_topic {
+            // Responses come on the Response Topic only; the reply topics stay silent.
+            vec![response_topic.clone()]
+        } else if whole_level {
             vec![filter]
         } else {
             let mut topics: Vec<String> = reply_topics.keys().cloned().collect();
@@ -634,21 +710,65 @@ impl Examiner {
             command_topic,
             reply_filters,
             reply_topics,
+            response_topic,
         })
     }
 
     /// A reply for table entry `index`.
     fn reply(&mut self, index: usize, payload: &[u8], qos: QoS, now: Instant) {
-        let expected_qos = self.expected_qos();
-        let row = &mut self.report.commands[index];
-        let Some(sent_at) = self.outstanding[index].pop_front() else {
-            row.duplicates += 1;
-            self.notes.push_back(Note::Duplicate {
-                command: row.command.clone(),
-            });
-            warn!(command = %row.command, "reply without an outstanding command");
+        match self.outstanding[index].pop_front() {
+            Some(sent_at) => self.record_reply(index, sent_at, payload, qos, now),
+            None => self.duplicate(index),
+        }
+    }
+
+    /// A response on the Response Topic (request/response mode): its Correlation Data says
+    /// which command it answers.
+    fn response(
+        &mut self,
+        payload: &[u8],
+        qos: QoS,
+        correlation_data: Option<&[u8]>,
+        now: Instant,
+    ) {
+        let request = correlation_data.and_then(|c| self.requests.get_mut(c));
+        let Some(request) = request else {
+            self.report.uncorrelated += 1;
+            warn!(
+                correlation_data = %Shown(correlation_data.unwrap_or_default()),
+                missing = correlation_data.is_none(),
+                "response whose Correlation Data matches no command sent"
+            );
             return;
         };
+        let index = request.index;
+        match request.sent_at.take() {
+            Some(sent_at) => self.record_reply(index, sent_at, payload, qos, now),
+            None => self.duplicate(index),
+        }
+    }
+
+    /// A reply for `index` with no send outstanding.
+    fn duplicate(&mut self, index: usize) {
+        let row = &mut self.report.commands[index];
+        row.duplicates += 1;
+        self.notes.push_back(Note::Duplicate {
+            command: row.command.clone(),
+        });
+        warn!(command = %row.command, "reply without an outstanding command");
+    }
+
+    /// The reply to a send of `index` at `sent_at`: record it and check it.
+    fn record_reply(
+        &mut self,
+        index: usize,
+        sent_at: Instant,
+        payload: &[u8],
+        qos: QoS,
+        now: Instant,
+    ) {
+        let expected_qos = self.expected_qos();
+        let row = &mut self.report.commands[index];
         self.outstanding_total -= 1;
         row.answered += 1;
         let latency = now.saturating_duration_since(sent_at);
@@ -682,7 +802,11 @@ impl Examiner {
 
     /// Sends commands while the window allows; completes when everything is answered.
     fn pump(&mut self, now: Instant) {
-        let Some(command_topic) = self.rendered.as_ref().map(|r| r.command_topic.clone()) else {
+        let Some((command_topic, response_topic)) = self
+            .rendered
+            .as_ref()
+            .map(|r| (r.command_topic.clone(), r.response_topic.clone()))
+        else {
             return;
         };
         while self.sent_total < self.settings.commands
@@ -691,7 +815,20 @@ impl Examiner {
             let index = self.rng.below(self.commands.len() as u64) as usize;
             self.sent_total += 1;
             self.outstanding_total += 1;
-            self.outstanding[index].push_back(now);
+            let correlation_data = if response_topic.is_some() {
+                // Unique per command sent in this run; the UUID makes it unique across
+                // runs and devices too, so a stray response is never mistaken for ours.
+                let data = Bytes::from(format!("{}:{}", self.uuid, self.sent_total));
+                let request = Request {
+                    index,
+                    sent_at: Some(now),
+                };
+                self.requests.insert(data.clone(), request);
+                Some(data)
+            } else {
+                self.outstanding[index].push_back(now);
+                None
+            };
             self.report.commands[index].sent += 1;
             debug!(command = %self.report.commands[index].command, "sending");
             self.notes.push_back(Note::Command {
@@ -701,6 +838,8 @@ impl Examiner {
                 topic: command_topic.clone(),
                 payload: self.commands[index].0.clone(),
                 qos: self.qos(),
+                response_topic: response_topic.clone(),
+                correlation_data,
             });
         }
         if self.sent_total == self.settings.commands && self.outstanding_total == 0 {
@@ -715,6 +854,8 @@ impl Examiner {
                 topic: rendered.command_topic.clone(),
                 payload: Bytes::from(self.settings.completion_message.clone()),
                 qos: self.qos(),
+                response_topic: None,
+                correlation_data: None,
             });
             self.report.completion_sent = true;
             self.notes.push_back(Note::Completion);
@@ -751,6 +892,8 @@ impl Examiner {
                 topic: rendered.uuid_topic.clone(),
                 payload: self.uuid_payload.clone(),
                 qos: self.qos(),
+                response_topic: None,
+                correlation_data: None,
             });
         }
     }
@@ -790,6 +933,9 @@ pub struct Report {
     pub unexpected: u64,
     /// Replies that arrived after the run was over.
     pub late: u64,
+    /// Request/response mode: responses whose Correlation Data is missing or matches no
+    /// command sent.
+    pub uncorrelated: u64,
     /// The run ended because no reply came within `reply_timeout`.
     pub timed_out: bool,
     /// The completion message was published.
@@ -885,6 +1031,7 @@ impl Report {
             && total.duplicates == 0
             && total.wrong == 0
             && total.qos_mismatches == 0
+            && self.uncorrelated == 0
             && self.completion_sent
             && self.failure.is_none()
     }
@@ -901,6 +1048,7 @@ impl Report {
             (total.duplicates, "duplicate"),
             (total.wrong, "wrong"),
             (total.qos_mismatches, "at the wrong QoS"),
+            (self.uncorrelated, "uncorrelated"),
         ] {
             if count > 0 {
                 problems.push(format!("{count} {what}"));
@@ -958,6 +1106,13 @@ impl fmt::Display for Report {
                 f,
                 "unexpected messages: {}, late replies: {}",
                 self.unexpected, self.late
+            )?;
+        }
+        if self.uncorrelated > 0 {
+            writeln!(
+                f,
+                "responses with unknown or missing correlation data: {}",
+                self.uncorrelated
             )?;
         }
         if self.connection_losses > 0 {
@@ -1037,6 +1192,8 @@ mod tests {
             topic: topic.to_owned(),
             payload: Bytes::from(payload.to_owned()),
             qos,
+            response_topic: None,
+            correlation_data: None,
         }
     }
 
@@ -1564,6 +1721,8 @@ mod tests {
         uuid_at: Option<Instant>,
         first_command_at: Option<Instant>,
         replies_published: u64,
+        /// Drop the Response Topic on the way to the responder (one that ignores it).
+        strip_response_topic: bool,
     }
 
     impl Pair {
@@ -1586,6 +1745,7 @@ mod tests {
                 uuid_at: None,
                 first_command_at: None,
                 replies_published: 0,
+                strip_response_topic: false,
             }
         }
 
@@ -1633,7 +1793,11 @@ mod tests {
                             .handle_subscribed(&topic, Some(granted), self.now);
                     }
                     responder::Action::Publish(out) => {
-                        self.deliver(&out.topic, &out.payload, out.qos);
+                        let response = responder::ResponseTo {
+                            topic: None,
+                            correlation_data: out.correlation_data.clone(),
+                        };
+                        self.deliver(&out.topic, &out.payload, out.qos, &response);
                         if let OutgoingKind::Reply { in_reply_to, .. } = out.kind {
                             self.replies_published += 1;
                             self.responder.handle_delivered(in_reply_to, self.now);
@@ -1659,13 +1823,19 @@ mod tests {
                         topic,
                         payload,
                         qos,
+                        response_topic,
+                        correlation_data,
                     } => {
                         if topic.ends_with("/UUID") {
                             self.uuid_at.get_or_insert(self.now);
                         } else if payload.starts_with(b"CMD") {
                             self.first_command_at.get_or_insert(self.now);
                         }
-                        self.deliver(&topic, &payload, qos);
+                        let response = responder::ResponseTo {
+                            topic: response_topic.filter(|_| !self.strip_response_topic),
+                            correlation_data,
+                        };
+                        self.deliver(&topic, &payload, qos, &response);
                     }
                     Action::Finished => self.examiner_done = true,
                 }
@@ -1678,7 +1848,14 @@ mod tests {
             self.subs.push((filter.to_owned(), qos, side));
         }
 
-        fn deliver(&mut self, topic: &str, payload: &[u8], qos: QoS) {
+        /// Delivers a publish with its MQTT 5 properties to every matching subscription.
+        fn deliver(
+            &mut self,
+            topic: &str,
+            payload: &[u8],
+            qos: QoS,
+            properties: &responder::ResponseTo,
+        ) {
             let targets: Vec<(QoS, Side)> = self
                 .subs
                 .iter()
@@ -1690,9 +1867,16 @@ mod tests {
                     Side::Responder => {
                         self.next_id += 1;
                         let id = MessageId(self.next_id);
-                        self.responder.handle_message(id, topic, payload, self.now);
+                        self.responder
+                            .handle_request(id, topic, payload, properties, self.now);
                     }
-                    Side::Examiner => self.examiner.handle_message(topic, payload, qos, self.now),
+                    Side::Examiner => self.examiner.handle_message_correlated(
+                        topic,
+                        payload,
+                        qos,
+                        properties.correlation_data.as_deref(),
+                        self.now,
+                    ),
                 }
             }
         }
@@ -1818,5 +2002,261 @@ mod tests {
         assert!(report.completion_sent);
         assert_eq!(pair.responder.phase(), responder::Phase::Finished);
         assert!(pair.responder.stats().unknown > 0);
+    }
+
+    fn response_settings(source: &str) -> ExaminerSettings {
+        ExaminerSettings {
+            response_topic: Some(Template::parse(source, &[Var::UserId, Var::Uuid]).unwrap()),
+            ..settings()
+        }
+    }
+
+    /// The Response Topic and Correlation Data of each command among `actions`.
+    fn requests(actions: &[Action]) -> Vec<(String, Option<String>, Bytes)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish {
+                    topic,
+                    payload,
+                    response_topic,
+                    correlation_data: Some(data),
+                    ..
+                } if topic == UUID => Some((
+                    String::from_utf8_lossy(payload).into_owned(),
+                    response_topic.clone(),
+                    data.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn response_mode_subscribes_to_the_response_topic_and_matches_by_correlation_data() {
+        let t = Instant::now();
+        let response_topic = format!("2547841/responses/{UUID}");
+        let mut e = Examiner::new(response_settings("{user_id}/responses/{uuid}"), t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t);
+        actions(&mut e);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        // The Response Topic instead of the reply filter.
+        assert_eq!(
+            actions(&mut e),
+            [Action::Subscribe {
+                topic: response_topic.clone(),
+                qos: QoS::ExactlyOnce
+            }]
+        );
+        assert!(e.handles_topic(&response_topic));
+        e.handle_subscribed(&response_topic, Some(QoS::ExactlyOnce), t);
+        assert_eq!(e.phase(), Phase::Delaying);
+        actions(&mut e);
+        let start = t + Duration::from_millis(100);
+        e.handle_timeout(start);
+        let sent = requests(&actions(&mut e));
+        assert_eq!(sent.len(), 3, "window");
+        assert!(
+            sent.iter()
+                .all(|(_, topic, _)| topic.as_ref() == Some(&response_topic))
+        );
+        let mut data: Vec<&Bytes> = sent.iter().map(|(_, _, d)| d).collect();
+        data.sort();
+        data.dedup();
+        assert_eq!(data.len(), 3, "correlation data is unique");
+        // Answered out of order: matched by correlation data, not by arrival.
+        let mut queue: VecDeque<(String, Option<String>, Bytes)> = sent.into_iter().rev().collect();
+        let mut now = start;
+        let mut answered = Vec::new();
+        for _ in 0..10 {
+            let Some((command, _, data)) = queue.pop_front() else {
+                break;
+            };
+            now += Duration::from_millis(1);
+            e.handle_message_correlated(
+                &response_topic,
+                answer(&command).as_bytes(),
+                QoS::ExactlyOnce,
+                Some(&data),
+                now,
+            );
+            answered.push(data);
+            queue.extend(requests(&actions(&mut e)));
+        }
+        assert_eq!(answered.len(), 7);
+        assert_eq!(e.phase(), Phase::Finished);
+        let report = e.report();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.totals().answered, 7);
+        assert_eq!(report.totals().latencies.len(), 7);
+        // After the end: late, not counted against the run.
+        e.handle_message_correlated(&response_topic, b"Apple", QoS::ExactlyOnce, None, now);
+        assert_eq!(e.report().late, 1);
+    }
+
+    #[test]
+    fn response_mode_counts_duplicate_unknown_missing_and_wrong_responses() {
+        let t = Instant::now();
+        let response_topic = format!("responses/{UUID}");
+        let mut e = delaying_on(
+            ExaminerSettings {
+                commands: 3,
+                ..response_settings("responses/{uuid}")
+            },
+            &response_topic,
+            t,
+        );
+        e.handle_timeout(t + Duration::from_millis(100));
+        let sent = requests(&actions(&mut e));
+        assert_eq!(sent.len(), 3);
+        let respond = |e: &mut Examiner, payload: &str, qos, data: Option<&[u8]>| {
+            e.handle_message_correlated(&response_topic, payload.as_bytes(), qos, data, t);
+        };
+        let (c0, _, d0) = &sent[0];
+        let (c1, _, d1) = &sent[1];
+        respond(&mut e, answer(c0), QoS::ExactlyOnce, Some(d0));
+        respond(&mut e, answer(c0), QoS::ExactlyOnce, Some(d0));
+        respond(&mut e, answer(c1), QoS::ExactlyOnce, None);
+        respond(&mut e, answer(c1), QoS::ExactlyOnce, Some(b"not-ours"));
+        respond(&mut e, "Wrong", QoS::AtLeastOnce, Some(d1));
+        let report = e.report();
+        let total = report.totals();
+        assert_eq!(
+            (
+                total.answered,
+                total.duplicates,
+                total.wrong,
+                total.qos_mismatches
+            ),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(report.uncorrelated, 2);
+        assert_eq!(total.missing(), 1);
+        assert!(!report.passed());
+        let text = report.to_string();
+        assert!(text.contains("2 uncorrelated"), "{text}");
+    }
+
+    /// Like [`delaying`], subscribed to `filter` for replies.
+    fn delaying_on(settings: ExaminerSettings, filter: &str, t: Instant) -> Examiner {
+        let mut e = Examiner::new(settings, t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t);
+        e.handle_message("login", b"2547841", QoS::ExactlyOnce, t);
+        e.handle_subscribed(filter, Some(QoS::ExactlyOnce), t);
+        assert_eq!(e.phase(), Phase::Delaying);
+        actions(&mut e);
+        e
+    }
+
+    #[test]
+    fn response_topic_settings_are_checked() {
+        let t = Instant::now();
+        let with_command =
+            Template::parse("r/{command}", &[Var::UserId, Var::Uuid, Var::Command]).unwrap();
+        assert!(matches!(
+            Examiner::new(
+                ExaminerSettings {
+                    response_topic: Some(with_command),
+                    ..settings()
+                },
+                t
+            )
+            .err(),
+            Some(SettingsError::ResponseTopicWithCommand(_))
+        ));
+        // A user ID that would render a wildcard is refused at the login, as for the others.
+        let mut e = Examiner::new(
+            ExaminerSettings {
+                user_id: None,
+                ..response_settings("{user_id}/r")
+            },
+            t,
+        )
+        .unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_message("login", b"a+", QoS::ExactlyOnce, t);
+        assert_eq!(e.phase(), Phase::WaitingForLogin);
+    }
+
+    #[test]
+    fn own_publishes_stay_at_or_below_every_granted_qos() {
+        // A 3.1.1 broker with max_qos 1 says so only in its SUBACKs, and disconnects a
+        // client that publishes at QoS 2.
+        let t = Instant::now();
+        let mut e = Examiner::new(settings(), t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        e.handle_subscribed("login", Some(QoS::AtLeastOnce), t);
+        e.handle_message("login", b"2547841", QoS::AtLeastOnce, t);
+        assert_eq!(
+            actions(&mut e),
+            [
+                Action::Subscribe {
+                    topic: "login".to_owned(),
+                    qos: QoS::ExactlyOnce
+                },
+                Action::Subscribe {
+                    topic: format!("{UUID}/+"),
+                    qos: QoS::AtLeastOnce
+                }
+            ]
+        );
+        e.handle_subscribed(&format!("{UUID}/+"), Some(QoS::AtLeastOnce), t);
+        assert_eq!(
+            actions(&mut e),
+            [publish("2547841/UUID", UUID, QoS::AtLeastOnce)]
+        );
+        e.handle_timeout(t + Duration::from_millis(100));
+        let all = actions(&mut e);
+        assert!(!all.is_empty());
+        assert!(
+            all.iter().all(|a| matches!(
+                a,
+                Action::Publish {
+                    qos: QoS::AtLeastOnce,
+                    ..
+                }
+            )),
+            "{all:?}"
+        );
+        assert_eq!(e.report().expected_qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn pair_runs_in_request_response_mode_pass_at_every_qos() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut s = session();
+            s.qos = qos;
+            let settings = ExaminerSettings {
+                response_topic: response_settings("{user_id}/responses").response_topic,
+                ..pair_settings(500, qos, 11)
+            };
+            let mut pair = Pair::new(&s, &ReplyTable::seed(), settings);
+            pair.run();
+            let report = pair.examiner.report();
+            assert!(report.passed(), "qos {qos}:\n{report}");
+            assert_eq!(report.totals().answered, 500);
+            assert_eq!(report.uncorrelated + report.unexpected, 0);
+            assert_eq!(pair.replies_published, 500);
+            assert_eq!(pair.responder.phase(), responder::Phase::Finished);
+        }
+    }
+
+    #[test]
+    fn pair_run_with_a_responder_ignoring_the_response_topic_fails() {
+        let settings = ExaminerSettings {
+            response_topic: response_settings("{user_id}/responses").response_topic,
+            ..pair_settings(30, QoS::ExactlyOnce, 12)
+        };
+        let mut pair = Pair::new(&session(), &ReplyTable::seed(), settings);
+        pair.strip_response_topic = true;
+        pair.run();
+        let report = pair.examiner.report();
+        assert!(!report.passed());
+        assert!(report.timed_out);
+        // Ordinary replies went to the reply topics, which the examiner did not subscribe to.
+        assert_eq!(report.totals().answered, 0);
+        assert!(pair.replies_published > 0);
     }
 }

@@ -100,6 +100,9 @@ pub struct Stats {
     pub dropped: u64,
     /// Messages on topics the protocol does not expect.
     pub unexpected: u64,
+    /// Replies the broker would not take (MQTT 5 failure reason, or larger than its
+    /// Maximum Packet Size): the command is done with, but not counted as answered.
+    pub failed: u64,
 }
 
 /// First delay before a refused subscription is tried again; doubles up to the maximum.
@@ -473,6 +476,21 @@ impl Responder {
         }
         if self.phase == Phase::Draining && self.in_flight.is_empty() {
             info!("every reply is acknowledged");
+            self.finish();
+        }
+    }
+
+    /// The reply to `id` could not be delivered and will not be (the broker refused it, or
+    /// it exceeds the broker's Maximum Packet Size): counted as failed, not as answered.
+    pub fn handle_failed(&mut self, id: MessageId, now: Instant) {
+        let _ = now;
+        if self.in_flight.remove(&id).is_none() {
+            debug!(id = id.0, "failure report for no reply in flight");
+            return;
+        }
+        self.stats.failed += 1;
+        if self.phase == Phase::Draining && self.in_flight.is_empty() {
+            info!("every reply is acknowledged or failed");
             self.finish();
         }
     }
@@ -1711,5 +1729,27 @@ mod tests {
         r.handle_connected(true, QoS::ExactlyOnce, t);
         assert_eq!(r.phase(), Phase::SubscribingCommands);
         assert_eq!(actions(&mut r), [sub(UUID, QoS::ExactlyOnce)]);
+    }
+
+    #[test]
+    fn a_failed_reply_is_counted_as_failed_not_answered() {
+        let t = Instant::now();
+        let s = session();
+        let mut r = answering(&s, t);
+        r.handle_message(MessageId(10), UUID, b"CMD1", t);
+        r.handle_message(MessageId(11), UUID, b"CMD2", t);
+        actions(&mut r);
+        r.handle_failed(MessageId(10), t);
+        r.handle_failed(MessageId(10), t);
+        assert_eq!(r.stats().failed, 1, "reported once");
+        assert_eq!(r.outstanding(), 1);
+        // Draining ends when the last reply is delivered or failed.
+        r.handle_message(MessageId(12), UUID, b"Well done my IoT!", t);
+        actions(&mut r);
+        assert_eq!(r.phase(), Phase::Draining);
+        r.handle_delivered(MessageId(11), t);
+        assert_eq!(r.phase(), Phase::Finished);
+        let answered: u64 = r.stats().answered.iter().map(|(_, n)| n).sum();
+        assert_eq!(answered, 1);
     }
 }

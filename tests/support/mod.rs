@@ -5,6 +5,7 @@
 //! * [`Mosquitto`] runs a real `mosquitto` child process on a free loopback port with its
 //!   own config, password file, persistence and log file in a private temp dir.
 //! * [`EmbeddedBroker`] runs rumqttd 0.20 in-process (MQTT 3.1.1 and 5) on free ports.
+//! * [`aedes::Aedes`] runs aedes (npm, MQTT 3.1.1) with node on a free loopback port.
 //! * [`proxy::Proxy`] sits between the daemon and a broker and injects faults (cuts,
 //!   refused connections, a black hole).
 //! * [`free_port`], [`write_config`], [`wait_until`] are small helpers.
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod aedes;
 pub mod proxy;
 
 /// How long a broker may take to accept TCP after being started.

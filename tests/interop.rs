@@ -1,0 +1,522 @@
+//! The interop matrix (issue 8): the real daemon binary against every broker the harness can
+//! start — mosquitto as shipped and with `max_qos 1`, `max_inflight_messages 2` and a small
+//! `max_packet_size`, the embedded rumqttd, and aedes (npm) — each on a free loopback port,
+//! examined by the library's examiner. A full exchange runs at QoS 0, 1 and 2 with each
+//! protocol version the broker speaks; every reply must arrive exactly once at the expected
+//! QoS and the daemon must exit 0 after a clean DISCONNECT.
+//!
+//! MQTT 5 request/response runs against mosquitto with the examiner in response-topic mode.
+//! An invalid Response Topic is not tested here: a conforming client cannot send one (brokers
+//! reject wildcards in it), so the responder's unit tests cover it.
+//!
+//! Each run prints one `interop:` line (broker, protocol, QoS, what the broker allowed,
+//! result, time); `cargo test --test interop -- --nocapture` shows the matrix.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqtt_responder::config::{self, ReplyTable};
+use mqtt_responder::examine::{self, Noise, PeerConnection};
+use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
+use mqtt_responder::topic::{Template, Var};
+use mqtt_responder::transport::Endpoint;
+use support::aedes::Aedes;
+use support::{Mosquitto, write_config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
+
+/// Commands per run: enough to keep replies in flight and queues busy, quick in debug.
+const COMMANDS: usize = 200;
+
+/// Upper bound for one exchange, far above what it takes (well under a second).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long the daemon may take to exit after the completion message.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The reply table entry longer than the small `max_packet_size` broker allows.
+const LONG_COMMAND: &str = "LONG";
+/// `max_packet_size` of that broker: above every other packet of the exchange.
+const SMALL_MAX_PACKET: u32 = 256;
+
+const SEED_TABLE: &str = "CMD1 = \"Apple\"\nCMD2 = \"Cat\"\nCMD3 = \"Dog\"\nCMD4 = \"Rat\"\n\
+                          CMD5 = \"Boy\"\nCMD6 = \"Girl\"\nCMD7 = \"Toy\"\n";
+
+/// One exchange: the daemon's broker, protocol and QoS, and what the examiner does.
+struct Run {
+    port: u16,
+    protocol: &'static str,
+    user_id: String,
+    qos: u8,
+    /// Extra `[replies]` entries on top of the seed table (not sent by the examiner).
+    extra_replies: String,
+    noise: Vec<Noise>,
+    response_topic: Option<&'static str>,
+    /// Commands the examiner keeps unanswered at once.
+    window: usize,
+}
+
+struct Outcome {
+    report: Report,
+    exit_code: Option<i32>,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    /// The daemon's CONNACK summary (`MQTT 5, session present: …; broker allows …`).
+    fn connack(&self) -> &str {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("connected (MQTT"))
+            .unwrap_or("");
+        line.split_once("connected (")
+            .map_or("", |(_, rest)| rest.trim_end_matches(')'))
+    }
+
+    /// The daemon's exit summary line.
+    fn summary(&self) -> &str {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("summary:"))
+            .unwrap_or("");
+        line.split_once("summary: ").map_or("", |(_, rest)| rest)
+    }
+}
+
+impl Run {
+    fn new(broker: &str, port: u16, protocol: &'static str, qos: u8) -> Run {
+        let tag: String = broker
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let v = if protocol == "5" { "v5" } else { "v311" };
+        Run {
+            port,
+            protocol,
+            user_id: format!("{tag}-{v}-q{qos}"),
+            qos,
+            extra_replies: String::new(),
+            noise: Vec::new(),
+            response_topic: None,
+            window: ExaminerSettings::default().window,
+        }
+    }
+
+    /// The daemon's client id (the config's default).
+    fn client_id(&self) -> String {
+        format!("mqtt-responder-{}", self.user_id)
+    }
+
+    fn examiner_id(&self) -> String {
+        format!("examiner-{}", self.user_id)
+    }
+
+    fn config_toml(&self) -> String {
+        format!(
+            "[broker]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"{}\"\n\n\
+             [session]\nuser_id = \"{}\"\nqos = {}\nlogin_timeout_secs = 5\n\n\
+             [replies]\n{SEED_TABLE}{}\n\
+             [reconnect]\ninitial_delay_ms = 50\nmax_delay_secs = 1\nmax_attempts = 20\n",
+            self.port, self.protocol, self.user_id, self.qos, self.extra_replies
+        )
+    }
+
+    fn run(self) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &self.config_toml());
+        let (cfg, _) = config::load(&path).expect("test config is valid");
+        // The examiner sends the seed table only; extra entries come as noise, if at all.
+        let seed = ReplyTable::seed();
+        let mut settings = ExaminerSettings::from_session(&cfg.session, &seed);
+        settings.commands = COMMANDS;
+        settings.delay = Duration::from_millis(100);
+        settings.window = self.window;
+        settings.seed = u64::from(self.port) ^ u64::from(self.qos);
+        settings.response_topic = self
+            .response_topic
+            .map(|t| Template::parse(t, &[Var::UserId, Var::Uuid]).expect("response topic"));
+        let endpoint = Endpoint::new(&cfg.broker).unwrap();
+        let connection = PeerConnection {
+            protocol: cfg.broker.protocol,
+            client_id: self.examiner_id(),
+            username: None,
+            password: None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The session pump is single-threaded (not Send): run it on a LocalSet.
+        let local = tokio::task::LocalSet::new();
+        let noise = self.noise;
+        local.block_on(&runtime, async move {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let peer = tokio::task::spawn_local(async move {
+                examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
+            });
+            tokio::time::timeout(Duration::from_secs(10), ready_rx)
+                .await
+                .expect("the examiner subscribes to logins within 10 s")
+                .expect("the examiner reports readiness");
+            let started = Instant::now();
+            let child = spawn_daemon(&path, dir.path());
+            let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)
+                .await
+                .expect("the exchange finishes in time")
+                .unwrap()
+                .expect("the examiner runs to its report");
+            let output = tokio::time::timeout(
+                EXIT_TIMEOUT,
+                tokio::task::spawn_blocking(move || child.wait_with_output()),
+            )
+            .await
+            .expect("the daemon exits after the completion message")
+            .unwrap()
+            .unwrap();
+            Outcome {
+                report,
+                exit_code: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                elapsed: started.elapsed(),
+            }
+        })
+    }
+}
+
+fn spawn_daemon(config: &Path, dir: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the daemon")
+}
+
+/// Every command answered exactly once, right payload, expected QoS; the daemon exited 0
+/// after completing; neither side lost its connection. Prints the matrix line.
+fn assert_clean(run: &str, outcome: &Outcome, expected_qos: u8) {
+    let r = &outcome.report;
+    let totals = r.totals();
+    let line = format!(
+        "interop: {run}: {}/{} answered, {} dup, {} missing, QoS {} ({}); {}; {:.0} ms",
+        totals.answered,
+        totals.sent,
+        totals.duplicates + r.late,
+        totals.missing(),
+        r.expected_qos,
+        outcome.connack(),
+        if r.passed() { "PASS" } else { "FAIL" },
+        outcome.elapsed.as_secs_f64() * 1e3,
+    );
+    eprintln!("{line}");
+    assert!(
+        r.passed(),
+        "{run}: examiner failed: {:?}\n{r}\ndaemon:\n{}",
+        r.problems(),
+        outcome.stderr
+    );
+    assert_eq!(totals.sent, COMMANDS as u64, "{run}\n{r}");
+    assert_eq!(totals.answered, COMMANDS as u64, "{run}\n{r}");
+    assert_eq!(totals.duplicates + r.late + r.unexpected, 0, "{run}\n{r}");
+    assert_eq!(
+        r.connection_losses, 0,
+        "{run}: the examiner lost its connection"
+    );
+    assert_eq!(r.expected_qos.as_u8(), expected_qos, "{run}\n{r}");
+    assert_eq!(
+        outcome.exit_code,
+        Some(0),
+        "{run}: daemon:\n{}",
+        outcome.stderr
+    );
+    let summary = outcome.summary();
+    assert!(
+        summary.starts_with("Completed") && summary.contains(" 0 reconnects"),
+        "{run}: {summary}\n{}",
+        outcome.stderr
+    );
+    assert!(
+        summary.ends_with(&format!("QoS {expected_qos}")),
+        "{run}: the summary shows the effective QoS: {summary}"
+    );
+}
+
+/// The broker never dropped `client`: each time it went away, it had sent DISCONNECT first
+/// (the 3.1.1 daemon's first connection only clears an old session, and ends the same way).
+fn assert_never_dropped(broker: &Mosquitto, mark: usize, client: &str) {
+    let log = broker.log_since(mark);
+    let received = format!("Received DISCONNECT from {client}");
+    let clean = format!("Client {client} disconnected.");
+    // How mosquitto 2.0 words the end of a connection it did not get a DISCONNECT for
+    // ("Too high QoS in PUBLISH from X, disconnecting.", "Bad socket read/write on client X",
+    // "Client X closed its connection.", "Client X has exceeded timeout", …).
+    let dropped = [
+        format!("from {client}, disconnecting"),
+        format!("on client {client}:"),
+        format!("Client {client} closed its connection"),
+        format!("Client {client} has exceeded timeout"),
+        format!("Client {client} disconnected due to"),
+        format!("Client {client} disconnected,"),
+    ];
+    let mut disconnect_sent = false;
+    let mut seen = 0;
+    for line in log.lines() {
+        assert!(
+            !dropped.iter().any(|d| line.contains(d.as_str())),
+            "mosquitto dropped {client}: {line}\n--- log ---\n{log}"
+        );
+        if line.contains(&received) {
+            disconnect_sent = true;
+        } else if line.contains(&clean) {
+            seen += 1;
+            assert!(
+                disconnect_sent,
+                "{client} left without DISCONNECT: {line}\n--- log ---\n{log}"
+            );
+            disconnect_sent = false;
+        }
+    }
+    assert!(seen > 0, "{client} never disconnected cleanly:\n{log}");
+}
+
+/// A full exchange at QoS 0, 1 and 2 with each of `protocols` on a mosquitto broker.
+fn mosquitto_matrix(
+    name: &str,
+    broker: &Mosquitto,
+    protocols: &[&'static str],
+    effective: impl Fn(u8) -> u8,
+    prepare: impl Fn(&mut Run),
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for &protocol in protocols {
+        for qos in 0..=2 {
+            let mut run = Run::new(name, broker.port(), protocol, qos);
+            prepare(&mut run);
+            let label = format!("{name} MQTT {protocol} QoS {qos}");
+            let (daemon, examiner) = (run.client_id(), run.examiner_id());
+            let mark = broker.log_mark();
+            let outcome = run.run();
+            assert_clean(&label, &outcome, effective(qos));
+            assert_never_dropped(broker, mark, &daemon);
+            assert_never_dropped(broker, mark, &examiner);
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
+}
+
+fn mosquitto_name() -> String {
+    Mosquitto::version()
+        .and_then(|v| v.rsplit(' ').next().map(|v| format!("mosquitto {v}")))
+        .unwrap_or_else(|| "mosquitto".to_owned())
+}
+
+#[test]
+fn mosquitto_as_shipped() {
+    let broker = require_mosquitto!().start().unwrap();
+    let name = mosquitto_name();
+    let outcomes = mosquitto_matrix(&name, &broker, &["3.1.1", "5"], |q| q, |_| {});
+    for outcome in outcomes
+        .iter()
+        .filter(|o| o.connack().starts_with("MQTT 5"))
+    {
+        // mosquitto's defaults, as the MQTT 5 CONNACK announces them.
+        assert!(
+            outcome.connack().contains(
+                "broker allows QoS 2, receive maximum 20, max packet size unlimited, retain yes"
+            ),
+            "{}",
+            outcome.connack()
+        );
+    }
+}
+
+#[test]
+fn mosquitto_max_qos_1_caps_a_qos_2_daemon_without_disconnects() {
+    let broker = require_mosquitto!().max_qos(1).start().unwrap();
+    // The premise: this broker drops a client that publishes at QoS 2.
+    let (mut raw, _) = support::raw::connect_v4(broker.port(), "qos2-probe", None).unwrap();
+    let mut publish = rumqttc::mqttbytes::v4::Publish::new(
+        "probe",
+        rumqttc::mqttbytes::QoS::ExactlyOnce,
+        b"x".to_vec(),
+    );
+    publish.pkid = 1;
+    raw.send(&rumqttc::mqttbytes::v4::Packet::Publish(publish))
+        .unwrap();
+    assert!(
+        broker.wait_for_log(
+            "Too high QoS in PUBLISH from qos2-probe, disconnecting",
+            Duration::from_secs(5)
+        ),
+        "mosquitto with max_qos 1 kept a QoS 2 publisher:\n{}",
+        broker.log_tail(20)
+    );
+
+    let name = format!("{} max_qos 1", mosquitto_name());
+    let outcomes = mosquitto_matrix(&name, &broker, &["3.1.1", "5"], |q| q.min(1), |_| {});
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let err = &outcome.stderr;
+        // Runs go QoS 0, 1, 2 per protocol: only the daemon configured for 2 is capped, and
+        // says so once, with the granted value.
+        let warnings = if i % 3 == 2 { 1 } else { 0 };
+        assert_eq!(err.matches("QoS capped to 1").count(), warnings, "{err}");
+        if outcome.connack().starts_with("MQTT 5") {
+            assert!(outcome.connack().contains("broker allows QoS 1"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn mosquitto_max_inflight_messages_2() {
+    let broker = require_mosquitto!()
+        .max_inflight_messages(2)
+        .start()
+        .unwrap();
+    let name = format!("{} max_inflight_messages 2", mosquitto_name());
+    let outcomes = mosquitto_matrix(
+        &name,
+        &broker,
+        &["3.1.1", "5"],
+        |q| q,
+        |run| {
+            // mosquitto 2.0 takes at most max_inflight_messages QoS 2 publishes in flight
+            // from a client and drops the rest (it logs "PUBREC (rc151)", quota exceeded; a
+            // 3.1.1 PUBREC cannot carry that, so the sender never knows). MQTT 5 announces
+            // the limit as Receive Maximum, which the examiner's session honours; with 3.1.1
+            // the examiner must keep its burst of commands within it. The daemon needs
+            // nothing: a command is acknowledged only once its reply is, so the broker's
+            // own limit towards the daemon bounds the replies in flight.
+            if run.protocol == "3.1.1" {
+                run.window = 2;
+            }
+        },
+    );
+    for outcome in outcomes
+        .iter()
+        .filter(|o| o.connack().starts_with("MQTT 5"))
+    {
+        assert!(
+            outcome.connack().contains("receive maximum 2,"),
+            "{}",
+            outcome.connack()
+        );
+    }
+}
+
+#[test]
+fn mosquitto_small_max_packet_size_fails_one_reply_and_answers_the_rest() {
+    let broker = require_mosquitto!()
+        .max_packet_size(SMALL_MAX_PACKET)
+        .start()
+        .unwrap();
+    let name = format!("{} max_packet_size {SMALL_MAX_PACKET}", mosquitto_name());
+    let long_reply = "L".repeat(SMALL_MAX_PACKET as usize + 44);
+    let outcomes = mosquitto_matrix(
+        &name,
+        &broker,
+        &["5"],
+        |q| q,
+        |run| {
+            run.extra_replies = format!("{LONG_COMMAND} = \"{long_reply}\"\n");
+            run.noise = vec![Noise {
+                topic: None,
+                payload: Bytes::from_static(LONG_COMMAND.as_bytes()),
+            }];
+        },
+    );
+    for outcome in &outcomes {
+        let err = &outcome.stderr;
+        assert!(
+            outcome
+                .connack()
+                .contains(&format!("max packet size {SMALL_MAX_PACKET},")),
+            "the CONNACK announces the limit: {}",
+            outcome.connack()
+        );
+        assert!(
+            err.contains(&format!(
+                "exceed the broker's maximum packet size of {SMALL_MAX_PACKET}"
+            )),
+            "{err}"
+        );
+        let summary = outcome.summary();
+        assert!(
+            summary.contains(&format!("; {COMMANDS} replies ("))
+                && summary.contains(&format!("{LONG_COMMAND}=0"))
+                && summary.contains("1 rejected by the broker"),
+            "the long reply is counted as failed, not answered: {summary}"
+        );
+    }
+}
+
+#[test]
+fn mosquitto_mqtt5_request_response() {
+    let broker = require_mosquitto!().start().unwrap();
+    let name = format!("{} request/response", mosquitto_name());
+    let mut responses = 0;
+    for qos in 0..=2 {
+        let mut run = Run::new(&name, broker.port(), "5", qos);
+        run.response_topic = Some("responses/{user_id}/{uuid}");
+        let user = run.user_id.clone();
+        let mark = broker.log_mark();
+        let outcome = run.run();
+        assert_clean(&format!("{name} MQTT 5 QoS {qos}"), &outcome, qos);
+        // The replies went to the Response Topic, none to the ordinary reply topics.
+        let log = broker.log_since(mark);
+        let uuid = &outcome.report.uuid;
+        let on_response = format!("'responses/{user}/{uuid}'");
+        responses += log.matches(&on_response).count();
+        assert!(
+            !log.contains(&format!("'{uuid}/CMD")),
+            "a reply went to the ordinary reply topic"
+        );
+    }
+    assert!(
+        responses > 0,
+        "no publish on the Response Topic in the broker log"
+    );
+}
+
+#[test]
+fn embedded_rumqttd() {
+    let broker = support::embedded();
+    let name = "rumqttd 0.20 (embedded)";
+    for (protocol, port) in [("3.1.1", broker.port()), ("5", broker.v5_port())] {
+        for qos in 0..=2 {
+            let outcome = Run::new(name, port, protocol, qos).run();
+            assert_clean(&format!("{name} MQTT {protocol} QoS {qos}"), &outcome, qos);
+        }
+    }
+}
+
+#[test]
+fn aedes_mqtt311() {
+    require_aedes!();
+    let mut broker = Aedes::start().unwrap();
+    let name = format!("aedes {}", Aedes::version().unwrap_or_default());
+    for qos in 0..=2 {
+        let run = Run::new(&name, broker.port(), "3.1.1", qos);
+        let daemon = run.client_id();
+        let outcome = run.run();
+        assert_clean(&format!("{name} MQTT 3.1.1 QoS {qos}"), &outcome, qos);
+        let log = broker.log();
+        assert!(
+            !log.contains(&format!("client error: {daemon}")),
+            "aedes reported an error for the daemon:\n{log}"
+        );
+    }
+    broker.stop().unwrap();
+}
