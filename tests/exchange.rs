@@ -5,25 +5,15 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt_responder::config;
-use mqtt_responder::examine::{self, Noise, PeerConnection};
-use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
-use mqtt_responder::transport::Endpoint;
-use support::write_config;
+use mqtt_responder::examine::Noise;
+use mqtt_responder::protocol::examiner::ExaminerSettings;
+use support::exchange::{self, Outcome};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
-
-/// Upper bound for one exchange, far above what it takes (about a second for 1,000 QoS 2
-/// commands in a debug build).
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// One run: the daemon's config (`[broker]` host/port/protocol filled in), what the peer
-/// sends, and what came out.
+/// One run: the daemon's config (`[broker]` host/port/protocol filled in) and what the peer
+/// sends.
 struct Exchange {
     port: u16,
     protocol: &'static str,
@@ -35,12 +25,6 @@ struct Exchange {
     /// A `[replies]` table, if any.
     replies: String,
     noise: Vec<Noise>,
-}
-
-struct Outcome {
-    report: Report,
-    exit_code: Option<i32>,
-    stderr: String,
 }
 
 impl Exchange {
@@ -67,70 +51,20 @@ impl Exchange {
     }
 
     fn run(self) -> Outcome {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), &self.config_toml());
-        let (cfg, _) = config::load(&path).expect("test config is valid");
-        let mut settings = ExaminerSettings::from_session(&cfg.session, &cfg.replies);
-        settings.commands = self.commands;
-        settings.delay = Duration::from_millis(100);
-        settings.seed = u64::from(self.port) ^ self.commands as u64;
-        let endpoint = Endpoint::new(&cfg.broker).unwrap();
-        let connection = PeerConnection {
-            protocol: cfg.broker.protocol,
-            client_id: format!("examiner-{}", self.user_id),
-            username: None,
-            password: None,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        // The session pump is single-threaded (not Send): run it on a LocalSet.
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, async move {
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            let peer = tokio::task::spawn_local(async move {
-                examine::run(&endpoint, connection, settings, self.noise, Some(ready_tx)).await
-            });
-            tokio::time::timeout(Duration::from_secs(10), ready_rx)
-                .await
-                .expect("the examiner subscribes to logins within 10 s")
-                .expect("the examiner reports readiness");
-            let child = spawn_daemon(&path, dir.path());
-            let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)
-                .await
-                .expect("the exchange finishes in time")
-                .unwrap()
-                .expect("the examiner runs to its report");
-            let waited = tokio::time::timeout(
-                Duration::from_secs(15),
-                tokio::task::spawn_blocking(move || child.wait_with_output()),
-            )
-            .await;
-            let output = waited
-                .expect("the daemon exits after the completion message")
-                .unwrap()
-                .unwrap();
-            Outcome {
-                report,
-                exit_code: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }
-        })
+        let (commands, seed) = (self.commands, u64::from(self.port) ^ self.commands as u64);
+        exchange::run(
+            &self.config_toml(),
+            &format!("examiner-{}", self.user_id),
+            |cfg| {
+                let mut settings = ExaminerSettings::from_session(&cfg.session, &cfg.replies);
+                settings.commands = commands;
+                settings.delay = Duration::from_millis(100);
+                settings.seed = seed;
+                settings
+            },
+            self.noise,
+        )
     }
-}
-
-fn spawn_daemon(config: &Path, dir: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the daemon")
 }
 
 /// Every command answered once with the right payload at the right QoS; the daemon

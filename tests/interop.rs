@@ -14,29 +14,19 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt_responder::config::{self, ReplyTable};
-use mqtt_responder::examine::{self, Noise, PeerConnection};
-use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
+use mqtt_responder::config::ReplyTable;
+use mqtt_responder::examine::Noise;
+use mqtt_responder::protocol::examiner::ExaminerSettings;
 use mqtt_responder::topic::{Template, Var};
-use mqtt_responder::transport::Endpoint;
+use support::Mosquitto;
 use support::aedes::Aedes;
-use support::{Mosquitto, write_config};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
+use support::exchange::{self, Outcome};
 
 /// Commands per run: enough to keep replies in flight and queues busy, quick in debug.
 const COMMANDS: usize = 200;
-
-/// Upper bound for one exchange, far above what it takes (well under a second).
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// How long the daemon may take to exit after the completion message.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The reply table entry longer than the small `max_packet_size` broker allows.
 const LONG_COMMAND: &str = "LONG";
@@ -58,37 +48,6 @@ struct Run {
     response_topic: Option<&'static str>,
     /// Commands the examiner keeps unanswered at once.
     window: usize,
-}
-
-struct Outcome {
-    report: Report,
-    exit_code: Option<i32>,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Outcome {
-    /// The daemon's CONNACK summary (`MQTT 5, session present: …; broker allows …`).
-    fn connack(&self) -> &str {
-        let line = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| l.contains("connected (MQTT"))
-            .unwrap_or("");
-        line.split_once("connected (")
-            .map_or("", |(_, rest)| rest.trim_end_matches(')'))
-    }
-
-    /// The daemon's exit summary line.
-    fn summary(&self) -> &str {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("summary:"))
-            .unwrap_or("");
-        line.split_once("summary: ").map_or("", |(_, rest)| rest)
-    }
 }
 
 impl Run {
@@ -130,78 +89,28 @@ impl Run {
     }
 
     fn run(self) -> Outcome {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), &self.config_toml());
-        let (cfg, _) = config::load(&path).expect("test config is valid");
-        // The examiner sends the seed table only; extra entries come as noise, if at all.
-        let seed = ReplyTable::seed();
-        let mut settings = ExaminerSettings::from_session(&cfg.session, &seed);
-        settings.commands = COMMANDS;
-        settings.delay = Duration::from_millis(100);
-        settings.window = self.window;
-        settings.seed = u64::from(self.port) ^ u64::from(self.qos);
-        settings.response_topic = self
-            .response_topic
-            .map(|t| Template::parse(t, &[Var::UserId, Var::Uuid]).expect("response topic"));
-        let endpoint = Endpoint::new(&cfg.broker).unwrap();
-        let connection = PeerConnection {
-            protocol: cfg.broker.protocol,
-            client_id: self.examiner_id(),
-            username: None,
-            password: None,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        // The session pump is single-threaded (not Send): run it on a LocalSet.
-        let local = tokio::task::LocalSet::new();
-        let noise = self.noise;
-        local.block_on(&runtime, async move {
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            let peer = tokio::task::spawn_local(async move {
-                examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
-            });
-            tokio::time::timeout(Duration::from_secs(10), ready_rx)
-                .await
-                .expect("the examiner subscribes to logins within 10 s")
-                .expect("the examiner reports readiness");
-            let started = Instant::now();
-            let child = spawn_daemon(&path, dir.path());
-            let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)
-                .await
-                .expect("the exchange finishes in time")
-                .unwrap()
-                .expect("the examiner runs to its report");
-            let output = tokio::time::timeout(
-                EXIT_TIMEOUT,
-                tokio::task::spawn_blocking(move || child.wait_with_output()),
-            )
-            .await
-            .expect("the daemon exits after the completion message")
-            .unwrap()
-            .unwrap();
-            Outcome {
-                report,
-                exit_code: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-                elapsed: started.elapsed(),
-            }
-        })
+        let (window, seed) = (self.window, u64::from(self.port) ^ u64::from(self.qos));
+        let response_topic = self.response_topic;
+        exchange::run(
+            &self.config_toml(),
+            &self.examiner_id(),
+            |cfg| {
+                // The examiner sends the seed table only; extra entries come as noise, if
+                // at all.
+                let mut settings =
+                    ExaminerSettings::from_session(&cfg.session, &ReplyTable::seed());
+                settings.commands = COMMANDS;
+                settings.delay = Duration::from_millis(100);
+                settings.window = window;
+                settings.seed = seed;
+                settings.response_topic = response_topic.map(|t| {
+                    Template::parse(t, &[Var::UserId, Var::Uuid]).expect("response topic")
+                });
+                settings
+            },
+            self.noise,
+        )
     }
-}
-
-fn spawn_daemon(config: &Path, dir: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the daemon")
 }
 
 /// Every command answered exactly once, right payload, expected QoS; the daemon exited 0

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 pub mod aedes;
+pub mod exchange;
 pub mod proxy;
 
 /// How long a broker may take to accept TCP after being started.

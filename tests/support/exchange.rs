@@ -1,0 +1,132 @@
+//! One whole exchange: the real daemon binary with a given configuration, examined by the
+//! library's examiner (which listens for logins before the daemon starts). Shared by the
+//! exchange and interop tests; the fault tests drive their own, with faults in between.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mqtt_responder::config::{self, Config};
+use mqtt_responder::examine::{self, Noise, PeerConnection};
+use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
+use mqtt_responder::transport::Endpoint;
+
+use super::write_config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
+
+/// Upper bound for one exchange, far above what it takes (about a second for 1,000 QoS 2
+/// commands in a debug build).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long the daemon may take to exit after the completion message.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What came out of one exchange.
+pub struct Outcome {
+    /// The examiner's report.
+    pub report: Report,
+    /// The daemon's exit code.
+    pub exit_code: Option<i32>,
+    /// The daemon's log (stderr, INFO and up).
+    pub stderr: String,
+    /// From starting the daemon to the examiner's report.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The daemon's last CONNACK summary (`MQTT 5, session present: …; broker allows …`).
+    pub fn connack(&self) -> &str {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("connected (MQTT"))
+            .unwrap_or("");
+        line.split_once("connected (")
+            .map_or("", |(_, rest)| rest.trim_end_matches(')'))
+    }
+
+    /// The daemon's exit summary line (after `summary: `).
+    pub fn summary(&self) -> &str {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("summary:"))
+            .unwrap_or("");
+        line.split_once("summary: ").map_or("", |(_, rest)| rest)
+    }
+}
+
+/// Runs the daemon with `config_toml`; `settings` turns the loaded configuration into the
+/// examiner's settings (mirror it with `ExaminerSettings::from_session`, then adjust);
+/// `examiner_id` is the examiner's client id; `noise` goes out ahead of the first command.
+pub fn run(
+    config_toml: &str,
+    examiner_id: &str,
+    settings: impl FnOnce(&Config) -> ExaminerSettings,
+    noise: Vec<Noise>,
+) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), config_toml);
+    let (cfg, _) = config::load(&path).expect("test config is valid");
+    let settings = settings(&cfg);
+    let endpoint = Endpoint::new(&cfg.broker).unwrap();
+    let connection = PeerConnection {
+        protocol: cfg.broker.protocol,
+        client_id: examiner_id.to_owned(),
+        username: None,
+        password: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The session pump is single-threaded (not Send): run it on a LocalSet.
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let peer = tokio::task::spawn_local(async move {
+            examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("the examiner subscribes to logins within 10 s")
+            .expect("the examiner reports readiness");
+        let started = Instant::now();
+        let child = spawn_daemon(&path, dir.path());
+        let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)
+            .await
+            .expect("the exchange finishes in time")
+            .unwrap()
+            .expect("the examiner runs to its report");
+        let elapsed = started.elapsed();
+        let output = tokio::time::timeout(
+            EXIT_TIMEOUT,
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await
+        .expect("the daemon exits after the completion message")
+        .unwrap()
+        .unwrap();
+        Outcome {
+            report,
+            exit_code: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
+        }
+    })
+}
+
+fn spawn_daemon(config: &Path, dir: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the daemon")
+}
