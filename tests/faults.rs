@@ -661,7 +661,7 @@ fn broker_accounting(log: &str, user: &str, uuid: &str) -> [usize; 4] {
 /// none answered twice. Bounded to 60 s. Run by `.ci/run`.
 #[test]
 #[ignore = "a minute of chaos; run with --ignored (CI does)"]
-fn chaos_10000_commands_qos2_cuts_and_restarts() {
+fn chaos_10000_commands_qos2_cuts_restarts_and_a_sigkill() {
     let mut broker = require_mosquitto!().start().unwrap();
     let proxy = Proxy::start(broker.port());
     let commands = 10_000;
@@ -672,11 +672,13 @@ fn chaos_10000_commands_qos2_cuts_and_restarts() {
     println!("chaos: seed {seed}");
     let mut scenario = Scenario::new(broker.port(), proxy.port(), "chaos", 2, commands);
     scenario.timeout = Duration::from_secs(55);
+    // The daemon keeps a state file, so that it survives the SIGKILL below.
+    scenario.state_dir = true;
     let user = scenario.user.clone();
     let started = Instant::now();
-    let (outcome, (cuts, restarts)) = scenario.run(|w| {
+    let (outcome, (cuts, restarts, kills)) = scenario.run(|w| {
         let mut rng = Rng(seed);
-        let (mut cuts, mut restarts) = (0, 0);
+        let (mut cuts, mut restarts, mut kills) = (0, 0, 0);
         let deadline = Instant::now() + Duration::from_secs(40);
         for _ in 0..40 {
             let target = w.answered() + 300 + rng.below(900) as usize;
@@ -686,21 +688,26 @@ fn chaos_10000_commands_qos2_cuts_and_restarts() {
             {
                 break;
             }
-            if restarts < 4 && rng.below(10) < 3 {
+            if kills == 0 && w.answered() > commands / 2 {
+                // One SIGKILL of the daemon, mid-stream; it comes back and resumes.
+                w.kill_daemon();
+                w.start_daemon();
+                kills += 1;
+            } else if restarts < 4 && rng.below(10) < 3 {
                 broker.restart().unwrap();
                 restarts += 1;
             } else {
                 cuts += proxy.cut_all().min(1);
             }
         }
-        (cuts, restarts)
+        (cuts, restarts, kills)
     });
     let totals = outcome.report.totals();
     let uuid = outcome.report.uuid.clone();
     let [from_peer, to_daemon, from_daemon, to_peer] =
         broker_accounting(&broker.log(), &user, &uuid);
     println!(
-        "chaos: {cuts} cuts, {restarts} broker restarts; {} sent, {} answered, {} lost, \
+        "chaos: {cuts} cuts, {restarts} broker restarts, {kills} daemon SIGKILL; {} sent, {} answered, {} lost, \
          {} answered twice, {} late; examiner lost its connection {} times; daemon exit {:?}; \
          {:.1} s\nchaos: broker log (first transmissions): {from_peer} commands from the \
          examiner, {to_daemon} delivered to the daemon (completion included), {from_daemon} \
@@ -715,6 +722,7 @@ fn chaos_10000_commands_qos2_cuts_and_restarts() {
         started.elapsed().as_secs_f64()
     );
     assert!(cuts + restarts >= 3, "too few faults injected");
+    assert_eq!(kills, 1, "the daemon was not killed mid-stream");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(outcome.assert_all_answered(commands), 0);
 }
