@@ -657,7 +657,8 @@ fn broker_accounting(log: &str, user: &str, uuid: &str) -> [usize; 4] {
     ]
 }
 
-/// Random cuts (proxy) and broker restarts while 10,000 commands flow at QoS 2: none lost,
+/// Random cuts (proxy), broker restarts and one SIGKILL of the daemon (which resumes from its
+/// state file) while 10,000 commands flow at QoS 2: none lost,
 /// none answered twice. Bounded to 60 s. Run by `.ci/run`.
 #[test]
 #[ignore = "a minute of chaos; run with --ignored (CI does)"]
