@@ -660,3 +660,57 @@ fn presence_without_retain_when_the_broker_has_none() {
         "{log}"
     );
 }
+
+#[test]
+fn presence_is_published_again_after_a_broker_restart() {
+    let mut broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-restart";
+    let status = format!("{user}/status");
+    let path = write_config(dir.path(), &config(broker.port(), user, ""));
+    let mut peer = Peer::connect(broker.port(), "peer-restart", None);
+    peer.subscribe("login");
+    peer.subscribe(&status);
+    let json = |m: &Msg| serde_json::from_str::<serde_json::Value>(&m.payload).unwrap();
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    peer.expect("online record", |m| m.topic == status);
+    hand_out_uuid(&mut peer, &broker, mark, user);
+    assert_eq!(peer.ask("CMD1"), "Apple");
+
+    // The broker goes away and comes back (persistence on): the daemon reconnects, resumes
+    // and says again that it is online, counting the reconnect.
+    broker.restart().unwrap();
+    let mut after = Peer::connect(broker.port(), "peer-restart-2", None);
+    after.subscribe(&status);
+    let again = after.expect("online record after the restart", |m| {
+        m.topic == status && json(m)["reconnects"].as_u64().is_some_and(|n| n >= 1)
+    });
+    let v = json(&again);
+    assert_eq!(v["state"], "online", "{v}");
+    assert_eq!(v["uuid"], UUID, "{v}");
+    assert_eq!(v["answered"], 1, "{v}");
+    // Mosquitto published the Will when it went down (the link ended without DISCONNECT),
+    // so a newcomer first sees that retained record, then the fresh online one.
+    assert!(
+        after
+            .inbox
+            .iter()
+            .all(|m| m.topic != status || m.payload.contains("lost")),
+        "{:?}",
+        after.inbox
+    );
+    // Still answering on the same UUID, then a clean end.
+    after.subscribe(&format!("{UUID}/+"));
+    assert_eq!(after.ask("CMD3"), "Dog");
+    after.publish(UUID, "Well done my IoT!");
+    after.expect("offline record", |m| {
+        m.topic == status && m.payload.contains("completed")
+    });
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    // The last word, retained for whoever looks next, is the farewell.
+    let mut late = Peer::connect(broker.port(), "peer-restart-late", None);
+    late.subscribe(&status);
+    let last = late.expect("retained record", |m| m.topic == status);
+    assert_eq!(json(&last)["reason"], "completed");
+}
