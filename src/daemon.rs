@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::driver::{self, App, End};
+use crate::fasthash::FastMap;
 use crate::mqtt::packet::{ConnectCode, Publish};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
 use crate::protocol::MessageId;
@@ -199,7 +200,7 @@ struct ResponderApp {
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
     /// Reply publish → the command it answers.
-    replies: HashMap<PublishToken, MessageId>,
+    replies: FastMap<PublishToken, MessageId>,
     /// SIGTERM/SIGINT received: no new work.
     stopping: bool,
     stop_deadline: Option<Instant>,
@@ -213,7 +214,7 @@ impl ResponderApp {
             responder: Responder::new(&config.session, &config.replies),
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
-            replies: HashMap::new(),
+            replies: FastMap::default(),
             stopping: false,
             stop_deadline: None,
             disconnect_sent: false,

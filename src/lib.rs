@@ -11,6 +11,7 @@
 //! | [`topic`] | topic and topic-level checks, `{placeholder}` templates |
 //! | [`protocol`] | the responder and the examiner: pure state machines |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
+//! | [`fasthash`] | the hasher of the maps on the per-message path |
 
 pub mod backoff;
 pub mod broker;
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod driver;
 pub mod examine;
 pub mod examine_command;
+pub mod fasthash;
 pub mod logging;
 pub mod mqtt;
 pub mod protocol;
