@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{self, Config};
 use crate::driver::{self, App, End};
+use crate::fasthash::FastMap;
 use crate::logging::Logging;
 use crate::mqtt::QoS;
 use crate::mqtt::packet::{ConnectCode, Publish};
@@ -424,7 +425,7 @@ struct ResponderApp {
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
     /// Reply publish → the command it answers.
-    replies: HashMap<PublishToken, Reply>,
+    replies: FastMap<PublishToken, Reply>,
     /// SIGTERM/SIGINT received: no new work.
     stopping: bool,
     stop_deadline: Option<Instant>,
@@ -466,7 +467,7 @@ impl ResponderApp {
             responder: fresh_responder(config),
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
-            replies: HashMap::new(),
+            replies: FastMap::default(),
             stopping: false,
             stop_deadline: None,
             disconnect_sent: false,

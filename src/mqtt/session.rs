@@ -9,7 +9,7 @@
 //! only when the application says so ([`Session::ack`]), a redelivered one is never surfaced
 //! twice, and outgoing publishes are resent with DUP set until acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +18,7 @@ use super::packet::{
     BrokerCaps, CodecError, ConnAck, Connect, ConnectCode, Packet, Protocol, Publish, QoS, Will,
 };
 use crate::config::Secret;
+use crate::fasthash::FastMap;
 use crate::protocol::MessageId;
 
 /// Session settings, fixed for a run.
@@ -181,13 +182,13 @@ pub struct Session {
     /// Publishes waiting for a place in the window (or for a connection).
     pending: VecDeque<(PublishToken, Publish)>,
     /// Outgoing QoS 1/2 publishes by packet id.
-    outgoing: HashMap<u16, OutFlight>,
+    outgoing: FastMap<u16, OutFlight>,
     /// SUBSCRIBE packet ids awaiting SUBACK.
     subscribing: Vec<u16>,
     /// Inbound QoS 1/2 messages by packet id: the duplicate-suppression set.
-    inbound: HashMap<u16, InFlight>,
+    inbound: FastMap<u16, InFlight>,
     /// Message handle → inbound packet id.
-    inbound_ids: HashMap<MessageId, u16>,
+    inbound_ids: FastMap<MessageId, u16>,
     last_sent: Instant,
     last_received: Instant,
     ping_sent: Option<Instant>,
@@ -212,10 +213,10 @@ impl Session {
             next_message: 0,
             next_pkid: 0,
             pending: VecDeque::new(),
-            outgoing: HashMap::new(),
+            outgoing: FastMap::default(),
             subscribing: Vec::new(),
-            inbound: HashMap::new(),
-            inbound_ids: HashMap::new(),
+            inbound: FastMap::default(),
+            inbound_ids: FastMap::default(),
             last_sent: now,
             last_received: now,
             ping_sent: None,

@@ -2,7 +2,7 @@
 //! subscribe to the command topic, answer each command from the reply table, and on the
 //! completion message drain and disconnect.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{MessageId, Shown};
 use crate::config::{ReplyTable, Session, UnknownCommand};
+use crate::fasthash::FastMap;
 use crate::mqtt::QoS;
 use crate::topic::{Template, TopicError, Vars, validate_level, validate_topic};
 
@@ -204,7 +205,7 @@ pub struct Responder {
     /// `Some(payload)` when unknown commands are answered.
     unknown_reply: Option<Bytes>,
     /// Command → index into `replies` (and into the first rows of `stats.answered`).
-    table: HashMap<String, usize>,
+    table: FastMap<String, usize>,
     /// Reply payloads in table order; cloning a `Bytes` is a reference-count increment.
     replies: Vec<Bytes>,
 
@@ -214,7 +215,7 @@ pub struct Responder {
     /// Completion received: no further commands are answered, even across reconnects.
     draining: bool,
     /// Replies published but not yet acknowledged → row in `stats.answered`.
-    in_flight: HashMap<MessageId, usize>,
+    in_flight: FastMap<MessageId, usize>,
     /// The broker's cap from the latest CONNACK.
     broker_qos: QoS,
     /// The lowest QoS granted in a SUBACK during the current broker session.
@@ -248,7 +249,7 @@ impl Responder {
             user_id: &session.user_id,
             ..Vars::default()
         };
-        let mut table = HashMap::with_capacity(replies.0.len());
+        let mut table = FastMap::with_capacity_and_hasher(replies.0.len(), Default::default());
         let mut payloads = Vec::with_capacity(replies.0.len());
         let mut answered = Vec::with_capacity(replies.0.len());
         for (command, reply) in &replies.0 {
@@ -282,7 +283,7 @@ impl Responder {
             phase: Phase::Disconnected,
             accepted: None,
             draining: false,
-            in_flight: HashMap::new(),
+            in_flight: FastMap::default(),
             broker_qos: QoS::ExactlyOnce,
             granted_qos: QoS::ExactlyOnce,
             qos_warned: false,
@@ -548,7 +549,7 @@ impl Responder {
     /// and still count for their command, and the counters carry over by command name.
     /// All or nothing: if a reply topic cannot be rendered, the old table stays.
     pub fn replace_replies(&mut self, replies: &ReplyTable) -> Result<(), String> {
-        let mut table = HashMap::with_capacity(replies.0.len());
+        let mut table = FastMap::with_capacity_and_hasher(replies.0.len(), Default::default());
         let mut payloads = Vec::with_capacity(replies.0.len());
         let mut commands: Vec<&str> = Vec::with_capacity(replies.0.len());
         for (command, reply) in &replies.0 {

@@ -1,0 +1,1630 @@
+//! Round-trip benchmark of the release daemon against a floor, in one run (issue 6).
+//!
+//! `cargo bench --bench roundtrip`; after `--`: `--json` (a JSON document on stdout),
+//! `--quick` (a short smoke run), `--reps N` (default 3), `--taskset[=B,L,R]` (pin broker,
+//! load and responder to CPUs; default 0,1,1), `--stock` (exactly Debian's mosquitto
+//! settings, see below), `--binary PATH` (drive that daemon binary), `--no-build`. It
+//!
+//! * starts `mosquitto` on a free loopback port with Debian's stock settings plus
+//!   `set_tcp_nodelay true` (`--stock` leaves that out: every QoS 1/2 round trip then waits
+//!   ~40 ms on the broker's Nagle delay, floor included), or the embedded rumqttd when
+//!   mosquitto is absent, said loudly;
+//! * builds (`cargo build --release`) and drives the release binary of `mqtt-responder` with
+//!   the library's examiner: **latency** (window 1) and **throughput** (window 20) at QoS 0,
+//!   1 and 2, counting missing and duplicate replies;
+//! * measures the daemon's peak RSS, CPU per 10,000 commands, idle wake-ups, time to READY
+//!   and the stripped binary size;
+//! * measures a **floor** in the same run: a trivial responder process (this binary with
+//!   `--floor-child`) on the library's own MQTT session and driver that answers from the
+//!   table with no logic, through the same broker;
+//! * repeats every case, daemon and floor interleaved, and prints medians with the min–max
+//!   spread and the daemon's figures as ratios to the floor.
+//!
+//! Absolute figures on a shared machine are noisy; the ratios to a floor measured moments
+//! apart are what to read.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use mqtt_responder::config::{Broker, ReplyTable};
+use mqtt_responder::driver::{self, App};
+use mqtt_responder::examine::{self, Examination, PeerConnection};
+use mqtt_responder::mqtt::packet::Publish;
+use mqtt_responder::mqtt::session::{Event, Session, SessionConfig};
+use mqtt_responder::mqtt::{Protocol, QoS};
+use mqtt_responder::protocol::examiner::{ExaminerSettings, Note};
+use mqtt_responder::transport::Endpoint;
+
+/// The window of the throughput case: mosquitto's default `max_inflight_messages`.
+const THROUGHPUT_WINDOW: usize = 20;
+/// From the UUID to the first command: time for the responder to subscribe to the command
+/// topic. Each run checks that it was subscribed before the first command went out.
+const START_DELAY: Duration = Duration::from_millis(500);
+/// The daemon's keep-alive (the config default): pings are allowed on top of the idle budget.
+const KEEP_ALIVE_SECS: u64 = 30;
+/// Wake-ups per second allowed when idle, beyond keep-alive pings.
+const IDLE_BUDGET: f64 = 0.1;
+/// Bounds on waiting for processes and brokers.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The log line the responder writes once it is subscribed to the command topic.
+const ANSWERING_LINE: &str = "answering commands";
+/// From "answering commands" to the start of the idle window.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Options {
+    json: bool,
+    quick: bool,
+    /// Exactly Debian's stock mosquitto settings (no `set_tcp_nodelay true`).
+    stock: bool,
+    /// The daemon binary to drive instead of building one.
+    binary: Option<PathBuf>,
+    reps: usize,
+    build: bool,
+    /// CPUs for broker, load (examiner) and responder.
+    taskset: Option<[usize; 3]>,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            json: false,
+            quick: false,
+            stock: false,
+            binary: None,
+            reps: 0,
+            build: true,
+            taskset: None,
+        };
+        let mut args = std::env::args().skip(1);
+        // Bounded: one argument per iteration.
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--json" => o.json = true,
+                "--quick" => o.quick = true,
+                "--stock" => o.stock = true,
+                "--no-build" => o.build = false,
+                "--taskset" => o.taskset = Some([0, 1, 1]),
+                "--binary" => {
+                    let path = args
+                        .next()
+                        .ok_or_else(|| anyhow!("--binary needs a path"))?;
+                    o.binary = Some(PathBuf::from(path));
+                }
+                "--reps" => {
+                    let n = args
+                        .next()
+                        .ok_or_else(|| anyhow!("--reps needs a number"))?;
+                    o.reps = n.parse().context("--reps")?;
+                }
+                s if s.starts_with("--taskset=") => {
+                    let cpus: Vec<usize> = s["--taskset=".len()..]
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("--taskset=BROKER,LOAD,RESPONDER")?;
+                    let [b, l, r] = cpus[..] else {
+                        bail!("--taskset=BROKER,LOAD,RESPONDER takes three CPU numbers");
+                    };
+                    o.taskset = Some([b, l, r]);
+                }
+                // `cargo bench` passes `--bench`; filters are not used.
+                _ => {}
+            }
+        }
+        if o.reps == 0 {
+            o.reps = if o.quick { 1 } else { 3 };
+        }
+        Ok(o)
+    }
+
+    fn latency_n(&self) -> usize {
+        if self.quick { 200 } else { 2_000 }
+    }
+
+    fn throughput_n(&self) -> usize {
+        if self.quick { 2_000 } else { 20_000 }
+    }
+
+    fn idle_window(&self) -> Duration {
+        Duration::from_secs(if self.quick { 2 } else { 10 })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Latency,
+    Throughput,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Latency => "latency",
+            Mode::Throughput => "throughput",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Daemon,
+    Floor,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::Daemon => "daemon",
+            Who::Floor => "floor",
+        }
+    }
+}
+
+/// One examination's figures.
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    n: usize,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    per_sec: f64,
+    missing: u64,
+    duplicates: u64,
+    wrong: u64,
+    /// The responder was not subscribed when the first command went out.
+    raced: bool,
+    passed: bool,
+    /// CPU seconds per 10,000 commands (daemon: the process; floor: its thread).
+    cpu_per_10k: Option<f64>,
+    /// Peak RSS in KiB (daemon only).
+    hwm_kib: Option<u64>,
+    /// From process (thread) start to the login arriving at the examiner.
+    ready_ms: f64,
+}
+
+/// The idle measurement of one daemon run.
+#[derive(Debug, Clone)]
+struct Idle {
+    wakeups_per_sec: f64,
+    window: Duration,
+    threads: usize,
+}
+
+/// Where the target runs, for /proc readings.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    None,
+    Process(u32),
+}
+
+impl Target {
+    fn proc_dir(self) -> Option<PathBuf> {
+        match self {
+            Target::None => None,
+            Target::Process(pid) => Some(PathBuf::from(format!("/proc/{pid}"))),
+        }
+    }
+
+    /// utime + stime in clock ticks.
+    fn cpu_ticks(self) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.proc_dir()?.join("stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state): utime is field 14, stime 15.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    fn hwm_kib(self) -> Option<u64> {
+        let Target::Process(pid) = self else {
+            return None;
+        };
+        status_field(&format!("/proc/{pid}/status"), "VmHWM:")
+    }
+}
+
+fn status_field(path: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Voluntary + involuntary context switches over every thread of `pid`, and the number of
+/// threads.
+fn context_switches(pid: u32) -> Option<(u64, usize)> {
+    let mut total = 0;
+    let mut threads = 0;
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for entry in dir.flatten().take(1_000) {
+        let path = entry.path().join("status");
+        let path = path.to_str()?;
+        total += status_field(path, "voluntary_ctxt_switches:")?;
+        total += status_field(path, "nonvoluntary_ctxt_switches:")?;
+        threads += 1;
+    }
+    Some((total, threads))
+}
+
+/// What the examiner's observer records.
+#[derive(Debug)]
+struct Probe {
+    target: Target,
+    expected: usize,
+    answered: usize,
+    login_at: Option<Instant>,
+    first_command_at: Option<Instant>,
+    last_reply_at: Option<Instant>,
+    cpu_start: Option<u64>,
+    cpu_end: Option<u64>,
+    hwm_kib: Option<u64>,
+}
+
+impl Probe {
+    fn new(expected: usize) -> Probe {
+        Probe {
+            target: Target::None,
+            expected,
+            answered: 0,
+            login_at: None,
+            first_command_at: None,
+            last_reply_at: None,
+            cpu_start: None,
+            cpu_end: None,
+            hwm_kib: None,
+        }
+    }
+
+    fn note(&mut self, note: &Note) {
+        match note {
+            Note::Login { .. } => {
+                self.login_at.get_or_insert_with(Instant::now);
+            }
+            Note::Command { .. } if self.first_command_at.is_none() => {
+                self.first_command_at = Some(Instant::now());
+                self.cpu_start = self.target.cpu_ticks();
+            }
+            Note::Reply { .. } => {
+                self.answered += 1;
+                self.last_reply_at = Some(Instant::now());
+                if self.answered == self.expected {
+                    self.cpu_end = self.target.cpu_ticks();
+                    self.hwm_kib = self.target.hwm_kib();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Everything a run needs.
+struct Bench {
+    opts: Options,
+    port: u16,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    clk_tck: f64,
+    runtime: tokio::runtime::Runtime,
+    run_no: u32,
+}
+
+fn main() {
+    match real_main() {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("roundtrip: FAILED: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `--floor-child PORT USER_ID QOS`: this binary as the floor responder process.
+fn floor_child(args: &[String]) -> Result<()> {
+    let [port, user_id, qos] = args else {
+        bail!("--floor-child PORT USER_ID QOS");
+    };
+    let qos = QoS::try_from(qos.parse::<u8>()?).map_err(|q| anyhow!("QoS {q}"))?;
+    let endpoint = endpoint(port.parse()?, user_id)?;
+    Floor::new(user_id, qos)
+        .run(&endpoint)
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor-child") {
+        return floor_child(&args[2..]);
+    }
+    let opts = Options::parse()?;
+    let binary = release_binary(&opts)?;
+    if let Some([_, load, _]) = opts.taskset {
+        // All threads of this process (the examiner; floor threads are re-pinned later).
+        taskset_pid(load, std::process::id(), true)?;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mqtt-responder-bench-")
+        .tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), opts.taskset.map(|t| t[0]), opts.stock)?;
+    let mut bench = Bench {
+        clk_tck: clock_ticks(),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        port: broker.port(),
+        binary,
+        dir,
+        opts,
+        run_no: 0,
+    };
+    let machine = machine();
+    let load_before = loadavg();
+    eprintln!(
+        "roundtrip: {} on 127.0.0.1:{}; daemon {}; {} repetitions; {}",
+        broker.describe(),
+        bench.port,
+        bench.binary.display(),
+        bench.opts.reps,
+        machine
+    );
+
+    let cases: Vec<(Mode, QoS)> = [Mode::Latency, Mode::Throughput]
+        .into_iter()
+        .flat_map(|m| [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].map(move |q| (m, q)))
+        .collect();
+    let mut results: BTreeMap<(Mode, u8, Who), Vec<RunResult>> = BTreeMap::new();
+    let mut idles = Vec::new();
+    for rep in 0..bench.opts.reps {
+        // The idle figure comes from its own daemon run with a long delay.
+        match bench.run(Who::Daemon, Mode::Latency, QoS::ExactlyOnce, 20, true) {
+            Ok((_, idle)) => idles.extend(idle),
+            Err(e) => eprintln!("roundtrip: idle run failed: {e:#}"),
+        }
+        for &(mode, qos) in &cases {
+            // Alternate who goes first, so a drift in the machine's load hits both alike.
+            let order = if rep % 2 == 0 {
+                [Who::Daemon, Who::Floor]
+            } else {
+                [Who::Floor, Who::Daemon]
+            };
+            for who in order {
+                let n = match mode {
+                    Mode::Latency => bench.opts.latency_n(),
+                    Mode::Throughput => bench.opts.throughput_n(),
+                };
+                let (result, _) = bench
+                    .run(who, mode, qos, n, false)
+                    .with_context(|| format!("{} {} QoS {qos}", who.name(), mode.name()))?;
+                eprintln!(
+                    "  rep {}/{} {:10} QoS {} {:6}: p50 {:7.1} µs  p99 {:7.1} µs  {:8.0}/s  \
+                     missing {} dup {}{}",
+                    rep + 1,
+                    bench.opts.reps,
+                    mode.name(),
+                    qos,
+                    who.name(),
+                    result.p50_us,
+                    result.p99_us,
+                    result.per_sec,
+                    result.missing,
+                    result.duplicates,
+                    if result.raced { "  RACED" } else { "" }
+                );
+                results
+                    .entry((mode, qos.as_u8(), who))
+                    .or_default()
+                    .push(result);
+            }
+        }
+    }
+    let stripped = stripped_size(&bench.binary, bench.dir.path());
+    let report = Report {
+        machine,
+        broker: broker.describe(),
+        load: (load_before, loadavg()),
+        opts: bench.opts.clone(),
+        results,
+        idles,
+        stripped,
+    };
+    drop(broker);
+    if bench.opts.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// One examination against the daemon or the floor. With `idle`, the examiner waits
+    /// `idle_window` + 1.5 s before the first command and the daemon's context switches are
+    /// counted over `idle_window` once it is answering.
+    fn run(
+        &mut self,
+        who: Who,
+        mode: Mode,
+        qos: QoS,
+        n: usize,
+        idle: bool,
+    ) -> Result<(RunResult, Option<Idle>)> {
+        self.run_no += 1;
+        let user_id = format!("bench{}x{}", std::process::id(), self.run_no);
+        let window = match mode {
+            Mode::Latency => 1,
+            Mode::Throughput => THROUGHPUT_WINDOW,
+        };
+        let delay = if idle {
+            self.opts.idle_window() + IDLE_SETTLE + Duration::from_millis(1_500)
+        } else {
+            START_DELAY
+        };
+        let settings = ExaminerSettings {
+            user_id: Some(user_id.clone()),
+            qos,
+            commands: n,
+            delay,
+            window,
+            reply_timeout: Duration::from_secs(10),
+            seed: u64::from(self.run_no),
+            ..ExaminerSettings::default()
+        };
+        let exam = Examination {
+            connection: PeerConnection {
+                protocol: Protocol::V311,
+                client_id: format!("{user_id}-examiner"),
+                username: None,
+                password: None,
+            },
+            settings,
+            logins: 1,
+            noise: Vec::new(),
+            timeout: Duration::from_secs(120),
+            progress: None,
+        };
+        let endpoint = endpoint(self.port, &format!("{user_id}-examiner"))?;
+        let probe = Rc::new(RefCell::new(Probe::new(n)));
+        let config = match who {
+            Who::Daemon => Some(self.daemon_config(&user_id, qos)?),
+            Who::Floor => None,
+        };
+        let responder_cpu = self.opts.taskset.map(|t| t[2]);
+        let binary = self.binary.clone();
+        let port = self.port;
+        let idle_window = self.opts.idle_window();
+        let ticks = self.clk_tck;
+
+        let outcome = self.runtime.block_on(async {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let observer_probe = probe.clone();
+            let mut observe = move |_: usize, note: &Note| observer_probe.borrow_mut().note(note);
+            let examination = examine::examine(&endpoint, exam, &mut observe, Some(ready_tx));
+            let launch = async {
+                ready_rx
+                    .await
+                    .map_err(|_| anyhow!("the examiner never listened for logins"))?;
+                let mut cmd = match &config {
+                    Some(config) => {
+                        let mut cmd = Command::new(&binary);
+                        cmd.arg("run").arg("--config").arg(config);
+                        cmd
+                    }
+                    None => {
+                        let mut cmd = Command::new(std::env::current_exe()?);
+                        cmd.args(["--floor-child", &port.to_string(), &user_id])
+                            .arg(qos.as_u8().to_string());
+                        cmd
+                    }
+                };
+                launch(&mut cmd, responder_cpu, &probe, idle, idle_window).await
+            };
+            let (examined, launched) = tokio::join!(examination, launch);
+            let mut launched = launched?;
+            let finished = launched.finish().await;
+            let outcome = examined.map_err(|e| anyhow!("{e}"))?;
+            finished?;
+            Ok::<_, anyhow::Error>((outcome, launched))
+        });
+        let (outcome, launched) = outcome?;
+        let probe = probe.borrow();
+        let report = outcome
+            .reports
+            .first()
+            .ok_or_else(|| anyhow!("the responder never logged in"))?;
+        let total = report.totals();
+        let us = |q: f64| {
+            total
+                .percentile(q)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+        };
+        let per_sec = match (probe.first_command_at, probe.last_reply_at) {
+            (Some(a), Some(b)) if b > a => probe.answered as f64 / (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let cpu_per_10k = match (probe.cpu_start, probe.cpu_end) {
+            (Some(a), Some(b)) if n > 0 => {
+                Some((b.saturating_sub(a)) as f64 / ticks / n as f64 * 10_000.0)
+            }
+            _ => None,
+        };
+        let ready_ms = match probe.login_at {
+            Some(at) => at.saturating_duration_since(launched.started).as_secs_f64() * 1e3,
+            None => f64::NAN,
+        };
+        let raced = match (launched.subscribed_at(), probe.first_command_at) {
+            (Some(sub), Some(first)) => sub > first,
+            _ => true,
+        };
+        if !outcome.passed() && !idle {
+            eprintln!(
+                "roundtrip: {} {} QoS {qos} did not pass: {}\n{}",
+                who.name(),
+                mode.name(),
+                outcome.problems().join("; "),
+                launched.log_tail()
+            );
+        }
+        let result = RunResult {
+            n,
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            max_us: us(1.0),
+            per_sec,
+            missing: total.missing(),
+            duplicates: total.duplicates,
+            wrong: total.wrong + total.qos_mismatches,
+            raced,
+            passed: outcome.passed(),
+            cpu_per_10k,
+            hwm_kib: probe.hwm_kib,
+            ready_ms,
+        };
+        Ok((result, launched.idle.clone()))
+    }
+
+    fn daemon_config(&self, user_id: &str, qos: QoS) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{user_id}.toml"));
+        let toml = format!(
+            "[broker]\nhost = \"127.0.0.1\"\nport = {}\n\n[session]\nuser_id = \"{user_id}\"\n\
+             qos = {}\n\n[reconnect]\ninitial_delay_ms = 50\nmax_delay_secs = 1\n\
+             max_attempts = 5\n\n[log]\nlevel = \"info\"\nformat = \"text\"\n",
+            self.port,
+            qos.as_u8()
+        );
+        std::fs::write(&path, toml)?;
+        Ok(path)
+    }
+}
+
+/// A started responder process: the daemon or the floor.
+struct Launched {
+    started: Instant,
+    child: Option<Child>,
+    /// stderr lines as they come (`None`: EOF).
+    rx: mpsc::UnboundedReceiver<(Instant, Option<String>)>,
+    answering_at: Option<Instant>,
+    eof: bool,
+    idle: Option<Idle>,
+    /// Log lines so far, for failure reports.
+    lines: Rc<RefCell<Vec<String>>>,
+}
+
+impl Launched {
+    fn subscribed_at(&self) -> Option<Instant> {
+        self.answering_at
+    }
+
+    fn log_tail(&self) -> String {
+        let lines = self.lines.borrow();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Waits (bounded) for the responder to exit after the examination.
+    async fn finish(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+        // stderr closes when the process exits: read to EOF, bounded in time.
+        while !self.eof {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((at, Some(line)))) => {
+                    if self.answering_at.is_none() && line.contains(ANSWERING_LINE) {
+                        self.answering_at = Some(at);
+                    }
+                    self.lines.borrow_mut().push(line);
+                }
+                Ok(Some((_, None)) | None) => self.eof = true,
+                Err(_) => break,
+            }
+        }
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if !self.eof {
+            child.kill().ok();
+            child.wait().ok();
+            bail!("the responder (pid {}) did not exit; killed it", child.id());
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("the responder exited with {status}:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+}
+
+/// Starts the responder process (the daemon or the floor), waits (bounded) until it logs
+/// that it answers commands and, with `idle`, counts its wake-ups over `idle_window`.
+async fn launch(
+    cmd: &mut Command,
+    cpu: Option<usize>,
+    probe: &Rc<RefCell<Probe>>,
+    idle: bool,
+    idle_window: Duration,
+) -> Result<Launched> {
+    let program = PathBuf::from(cmd.get_program());
+    cmd.env_remove("RUST_LOG")
+        .env_remove("MQTT_RESPONDER_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", program.display()))?;
+    let pid = child.id();
+    if let Some(cpu) = cpu {
+        taskset_pid(cpu, pid, true)?;
+    }
+    probe.borrow_mut().target = Target::Process(pid);
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        // Ends at EOF, when the daemon exits.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), Some(line))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send((Instant::now(), None));
+    });
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let mut answering_at = None;
+    let mut eof = false;
+    // Until the daemon is subscribed to the command topic (bounded in time).
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT + START_DELAY;
+    while answering_at.is_none() && !eof {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((at, Some(line)))) => {
+                if line.contains(ANSWERING_LINE) {
+                    answering_at = Some(at);
+                }
+                lines.borrow_mut().push(line);
+            }
+            Ok(Some((_, None)) | None) => eof = true,
+            Err(_) => break,
+        }
+    }
+    let mut idle_result = None;
+    if idle && let Some(answering) = answering_at {
+        // The measurement window starts once the last handshakes of the start (the UUID's
+        // acknowledgement) are over; these sleeps are the window, not a synchronisation.
+        let from = answering + IDLE_SETTLE;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(from)).await;
+        let before = context_switches(pid);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(from + idle_window)).await;
+        let after = context_switches(pid);
+        let commands_started = probe.borrow().first_command_at.is_some();
+        if let (Some((a, _)), Some((b, threads)), false) = (before, after, commands_started) {
+            idle_result = Some(Idle {
+                wakeups_per_sec: b.saturating_sub(a) as f64 / idle_window.as_secs_f64(),
+                window: idle_window,
+                threads,
+            });
+        }
+    }
+    Ok(Launched {
+        started,
+        child: Some(child),
+        rx,
+        answering_at,
+        eof,
+        idle: idle_result,
+        lines,
+    })
+}
+
+/// The floor: the responder's side of the protocol with no logic, on the library's own
+/// session and driver. It subscribes to the UUID topic, logs in, subscribes to the command
+/// topic, answers each command from the table (topics rendered once), and disconnects on the
+/// completion message once its replies are delivered. The session acknowledges commands on
+/// arrival.
+struct Floor {
+    user_id: String,
+    login_topic: String,
+    uuid_topic: String,
+    qos: QoS,
+    completion: Bytes,
+    replies: ReplyTable,
+    /// Command, reply topic, reply payload.
+    table: Vec<(Bytes, String, Bytes)>,
+    command_topic: Option<String>,
+    uuid_sub: Option<u16>,
+    command_sub: Option<u16>,
+    finishing: bool,
+    disconnect_sent: bool,
+}
+
+impl Floor {
+    fn new(user_id: &str, qos: QoS) -> Floor {
+        let defaults = ExaminerSettings::default();
+        Floor {
+            user_id: user_id.to_owned(),
+            login_topic: "login".to_owned(),
+            uuid_topic: format!("{user_id}/UUID"),
+            qos,
+            completion: Bytes::from(defaults.completion_message),
+            replies: defaults.replies,
+            table: Vec::new(),
+            command_topic: None,
+            uuid_sub: None,
+            command_sub: None,
+            finishing: false,
+            disconnect_sent: false,
+        }
+    }
+
+    fn run(mut self, endpoint: &Endpoint) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let mut session = Session::new(
+            SessionConfig {
+                protocol: Protocol::V311,
+                client_id: format!("{}-floor", self.user_id),
+                username: None,
+                password: None,
+                keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
+                max_inflight: 20,
+                max_incoming_packet: 1 << 20,
+                session_expiry: 600,
+                will: None,
+                manual_acks: false,
+                clean_first: true,
+            },
+            now,
+        );
+        let never = CancellationToken::new();
+        runtime.block_on(async {
+            // At most a purge connection and the real one.
+            for _ in 0..3 {
+                let stream = endpoint.open().await.map_err(|e| e.to_string())?;
+                let end = driver::run_connection(
+                    stream,
+                    &mut session,
+                    &mut self,
+                    Duration::from_secs(10),
+                    &never,
+                )
+                .await;
+                match end {
+                    driver::End::Disconnected => return Ok(()),
+                    driver::End::Purged => continue,
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Err("too many connections".to_owned())
+        })
+    }
+
+    fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
+        session.publish(
+            Publish {
+                dup: false,
+                qos: self.qos,
+                retain: false,
+                pkid: 0,
+                topic,
+                payload,
+                response_topic: None,
+                correlation_data: None,
+            },
+            now,
+        );
+    }
+}
+
+impl App for Floor {
+    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        match event {
+            Event::Connected { .. } => {
+                self.uuid_sub = session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
+            }
+            Event::SubAck { pkid, .. } if Some(pkid) == self.uuid_sub => {
+                let login = Bytes::from(self.user_id.clone());
+                self.publish(session, self.login_topic.clone(), login, now);
+            }
+            Event::SubAck { pkid, .. } if Some(pkid) == self.command_sub => {
+                // The line the bench waits for, as from the daemon.
+                eprintln!("{ANSWERING_LINE}");
+            }
+            Event::Message(m) => {
+                let p = &m.publish;
+                if Some(&p.topic) == self.command_topic.as_ref() {
+                    if p.payload == self.completion {
+                        self.finishing = true;
+                    } else if let Some((_, topic, reply)) =
+                        self.table.iter().find(|(c, _, _)| *c == p.payload)
+                    {
+                        self.publish(session, topic.clone(), reply.clone(), now);
+                    }
+                } else if p.topic == self.uuid_topic && self.command_topic.is_none() {
+                    let uuid = String::from_utf8_lossy(&p.payload).into_owned();
+                    self.table = self
+                        .replies
+                        .0
+                        .iter()
+                        .map(|(c, r)| {
+                            (
+                                Bytes::from(c.clone()),
+                                format!("{uuid}/{c}"),
+                                Bytes::from(r.clone()),
+                            )
+                        })
+                        .collect();
+                    self.command_sub = session.subscribe(vec![(uuid.clone(), self.qos)], now);
+                    self.command_topic = Some(uuid);
+                }
+            }
+            _ => {}
+        }
+        if self.finishing && !self.disconnect_sent && session.outstanding() == 0 {
+            session.disconnect(now);
+            self.disconnect_sent = true;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn wants_disconnect(&self) -> bool {
+        self.disconnect_sent
+    }
+}
+
+fn endpoint(port: u16, client_id: &str) -> Result<Endpoint> {
+    let broker = Broker {
+        host: "127.0.0.1".to_owned(),
+        port,
+        protocol: Protocol::V311,
+        client_id: client_id.to_owned(),
+        username: None,
+        password: None,
+        keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
+        connect_timeout: Duration::from_secs(10),
+        max_inflight: 20,
+        tls: None,
+    };
+    Endpoint::new(&broker).map_err(|e| anyhow!("{e}"))
+}
+
+/// The release binary to drive: `--binary PATH`, else `cargo build --release` (a no-op when
+/// up to date) into `<target>/roundtrip-release`. A separate target directory, because
+/// `cargo bench` builds the bin target into `<target>/release` with the bench profile (which
+/// ignores `panic = "abort"`): sharing it, the two builds would overwrite each other's
+/// artifacts and rebuild on every run.
+fn release_binary(opts: &Options) -> Result<PathBuf> {
+    if let Some(binary) = &opts.binary {
+        return Ok(binary.clone());
+    }
+    let exe = std::env::current_exe()?;
+    // <target>/release/deps/roundtrip-<hash>
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let own_dir = target_dir.join("roundtrip-release");
+    if opts.build {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        eprintln!(
+            "roundtrip: cargo build --release --bin mqtt-responder --target-dir {}",
+            own_dir.display()
+        );
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--bin",
+                "mqtt-responder",
+                "--target-dir",
+            ])
+            .arg(&own_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .status()
+            .context("run cargo build --release")?;
+        if !status.success() {
+            bail!("cargo build --release failed: {status}");
+        }
+    }
+    let binary = own_dir.join("release").join("mqtt-responder");
+    if !binary.is_file() {
+        bail!(
+            "{} not found: drop --no-build, or pass --binary PATH",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+fn taskset_pid(cpu: usize, pid: u32, all_threads: bool) -> Result<()> {
+    let mut cmd = Command::new("taskset");
+    cmd.arg(if all_threads { "-apc" } else { "-pc" })
+        .arg(cpu.to_string())
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stdin(Stdio::null());
+    let status = cmd.status().context("run taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset -pc {cpu} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let virt = Command::new("lscpu")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Hypervisor vendor:"))
+                .map(|l| format!(", {} guest", l["Hypervisor vendor:".len()..].trim()))
+        })
+        .unwrap_or_default();
+    format!("{cpus} vCPU {model}{virt}")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn stripped_size(binary: &Path, dir: &Path) -> Option<u64> {
+    let copy = dir.join("mqtt-responder.stripped");
+    std::fs::copy(binary, &copy).ok()?;
+    let status = Command::new("strip").arg(&copy).status().ok()?;
+    if !status.success() {
+        return None;
+    }
+    Some(std::fs::metadata(&copy).ok()?.len())
+}
+
+/// The broker the run uses.
+enum BrokerProcess {
+    Mosquitto {
+        child: Child,
+        port: u16,
+        version: String,
+        stock: bool,
+    },
+    Embedded(mqtt_responder::broker::EmbeddedBroker),
+}
+
+impl BrokerProcess {
+    fn start(dir: &Path, cpu: Option<usize>, stock: bool) -> Result<BrokerProcess> {
+        let Some(binary) = find_mosquitto() else {
+            let bar = "!".repeat(78);
+            eprintln!(
+                "\n{bar}\n!!! mosquitto NOT FOUND: falling back to the embedded rumqttd.\n\
+                 !!! Its figures are not comparable with Debian's mosquitto; install it with\n\
+                 !!! `apt-get install -y mosquitto` for the real benchmark.\n{bar}\n"
+            );
+            let broker = mqtt_responder::broker::EmbeddedBroker::start()
+                .map_err(|e| anyhow!("embedded rumqttd: {e}"))?;
+            return Ok(BrokerProcess::Embedded(broker));
+        };
+        let version = Command::new(&binary)
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(|l| l.trim().to_owned())
+            })
+            .unwrap_or_else(|| "mosquitto".to_owned());
+        // A free port may be taken before mosquitto binds it: a few attempts, bounded.
+        let mut last = None;
+        for attempt in 0..3 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            let log = dir.join(format!("mosquitto-{attempt}.log"));
+            let conf = dir.join(format!("mosquitto-{attempt}.conf"));
+            // Debian's stock settings: only the listener, anonymous access, a log file and,
+            // as root, `user root` (else it drops to user mosquitto and cannot write here).
+            // Unless --stock, also `set_tcp_nodelay true`: without it every QoS 1/2 round
+            // trip waits ~40 ms on the broker's Nagle delay against the peer's delayed ACK,
+            // floor included, and the figures say nothing about the responder.
+            let mut text = format!(
+                "user root\nlog_dest file {}\nallow_anonymous true\n",
+                log.display()
+            );
+            if !stock {
+                text.push_str("set_tcp_nodelay true\n");
+            }
+            text.push_str(&format!("listener {port} 127.0.0.1\n"));
+            std::fs::write(&conf, text)?;
+            let mut cmd = match cpu {
+                Some(cpu) => {
+                    let mut cmd = Command::new("taskset");
+                    cmd.arg("-c").arg(cpu.to_string()).arg(&binary);
+                    cmd
+                }
+                None => Command::new(&binary),
+            };
+            let mut child = cmd
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("spawn {}", binary.display()))?;
+            let deadline = Instant::now() + START_TIMEOUT;
+            let max_polls = START_TIMEOUT.as_millis() / POLL_INTERVAL.as_millis() + 1;
+            for _ in 0..max_polls {
+                if child.try_wait()?.is_some() || Instant::now() >= deadline {
+                    break;
+                }
+                let addr = (Ipv4Addr::LOCALHOST, port).into();
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Ok(BrokerProcess::Mosquitto {
+                        child,
+                        port,
+                        version,
+                        stock,
+                    });
+                }
+                // Paces the poll; the port accepting is the condition.
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            child.kill().ok();
+            child.wait().ok();
+            last = Some(anyhow!(
+                "mosquitto did not accept TCP on 127.0.0.1:{port}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        Err(last.unwrap_or_else(|| anyhow!("mosquitto did not start")))
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            BrokerProcess::Mosquitto { port, .. } => *port,
+            BrokerProcess::Embedded(b) => b.port(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            BrokerProcess::Mosquitto { version, stock, .. } => {
+                if *stock {
+                    format!("{version} (Debian stock settings)")
+                } else {
+                    format!("{version} (Debian stock settings + set_tcp_nodelay true)")
+                }
+            }
+            BrokerProcess::Embedded(_) => {
+                "EMBEDDED rumqttd 0.20 (mosquitto not found; not comparable)".to_owned()
+            }
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        // Strictly our child, by PID.
+        if let BrokerProcess::Mosquitto { child, .. } = self {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+fn find_mosquitto() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MOSQUITTO_BIN") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+}
+
+/// Median, min and max of `values` (NaNs left out).
+fn spread(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    Some((median, v[0], v[v.len() - 1]))
+}
+
+/// A figure, whether lower is better, how to read it from a run.
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    lower_is_better: bool,
+    get: fn(&RunResult) -> Option<f64>,
+    /// The target on the ratio to the floor, if any.
+    target: Option<f64>,
+}
+
+const LATENCY_METRICS: [Metric; 4] = [
+    Metric {
+        name: "p50",
+        unit: "µs",
+        lower_is_better: true,
+        get: |r| Some(r.p50_us),
+        target: Some(1.25),
+    },
+    Metric {
+        name: "p90",
+        unit: "µs",
+        lower_is_better: true,
+        get: |r| Some(r.p90_us),
+        target: None,
+    },
+    Metric {
+        name: "p99",
+        unit: "µs",
+        lower_is_better: true,
+        get: |r| Some(r.p99_us),
+        target: Some(1.5),
+    },
+    Metric {
+        name: "max",
+        unit: "µs",
+        lower_is_better: true,
+        get: |r| Some(r.max_us),
+        target: None,
+    },
+];
+
+const THROUGHPUT_METRICS: [Metric; 2] = [
+    Metric {
+        name: "throughput",
+        unit: "cmd/s",
+        lower_is_better: false,
+        get: |r| Some(r.per_sec),
+        target: Some(0.8),
+    },
+    Metric {
+        name: "CPU/10k cmds",
+        unit: "s",
+        lower_is_better: true,
+        get: |r| r.cpu_per_10k,
+        target: None,
+    },
+];
+
+/// The summary of one metric for one QoS.
+struct Row {
+    daemon: Option<(f64, f64, f64)>,
+    floor: Option<(f64, f64, f64)>,
+    /// Median, min and max of the per-repetition ratios daemon / floor.
+    ratio: Option<(f64, f64, f64)>,
+    /// The best per-repetition ratio.
+    best: Option<f64>,
+}
+
+struct Report {
+    machine: String,
+    broker: String,
+    load: (String, String),
+    opts: Options,
+    results: BTreeMap<(Mode, u8, Who), Vec<RunResult>>,
+    idles: Vec<Idle>,
+    stripped: Option<u64>,
+}
+
+impl Report {
+    fn runs(&self, mode: Mode, qos: u8, who: Who) -> &[RunResult] {
+        self.results
+            .get(&(mode, qos, who))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn row(&self, mode: Mode, qos: u8, metric: &Metric) -> Row {
+        let daemon = self.runs(mode, qos, Who::Daemon);
+        let floor = self.runs(mode, qos, Who::Floor);
+        let values = |runs: &[RunResult]| spread(runs.iter().filter_map(metric.get));
+        // Repetitions are paired: run i of the daemon and run i of the floor were moments
+        // apart.
+        let ratios: Vec<f64> = daemon
+            .iter()
+            .zip(floor)
+            .filter_map(|(d, f)| Some((metric.get)(d)? / (metric.get)(f)?))
+            .filter(|r| r.is_finite())
+            .collect();
+        let best = ratios.iter().copied().reduce(if metric.lower_is_better {
+            f64::min
+        } else {
+            f64::max
+        });
+        Row {
+            daemon: values(daemon),
+            floor: values(floor),
+            ratio: spread(ratios),
+            best,
+        }
+    }
+
+    /// The worst QoS's best ratio, per target metric.
+    fn verdicts(&self) -> Vec<(String, f64, f64, bool)> {
+        let mut out = Vec::new();
+        for (mode, metrics) in [
+            (Mode::Latency, &LATENCY_METRICS[..]),
+            (Mode::Throughput, &THROUGHPUT_METRICS[..]),
+        ] {
+            for metric in metrics {
+                let Some(target) = metric.target else {
+                    continue;
+                };
+                let bests = (0..=2u8).filter_map(|q| self.row(mode, q, metric).best);
+                let worst = if metric.lower_is_better {
+                    bests.reduce(f64::max)
+                } else {
+                    bests.reduce(f64::min)
+                };
+                if let Some(worst) = worst {
+                    let ok = if metric.lower_is_better {
+                        worst <= target
+                    } else {
+                        worst >= target
+                    };
+                    let cmp = if metric.lower_is_better { "≤" } else { "≥" };
+                    out.push((
+                        format!("{} {cmp} {target}×", metric.name),
+                        worst,
+                        target,
+                        ok,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn all_runs(&self) -> impl Iterator<Item = (&(Mode, u8, Who), &RunResult)> {
+        self.results
+            .iter()
+            .flat_map(|(k, runs)| runs.iter().map(move |r| (k, r)))
+    }
+
+    fn peak_rss(&self) -> Option<(f64, f64, f64)> {
+        spread(
+            self.runs(Mode::Throughput, 2, Who::Daemon)
+                .iter()
+                .chain(self.runs(Mode::Throughput, 1, Who::Daemon))
+                .chain(self.runs(Mode::Throughput, 0, Who::Daemon))
+                .filter_map(|r| r.hwm_kib.map(|k| k as f64)),
+        )
+    }
+
+    fn max_peak_rss_kib(&self) -> Option<f64> {
+        self.all_runs()
+            .filter(|((_, _, who), _)| *who == Who::Daemon)
+            .filter_map(|(_, r)| r.hwm_kib.map(|k| k as f64))
+            .reduce(f64::max)
+    }
+
+    fn ready(&self, who: Who) -> Option<(f64, f64, f64)> {
+        spread(
+            self.all_runs()
+                .filter(|((_, _, w), _)| *w == who)
+                .map(|(_, r)| r.ready_ms),
+        )
+    }
+
+    fn idle(&self) -> Option<(f64, f64, f64)> {
+        spread(self.idles.iter().map(|i| i.wakeups_per_sec))
+    }
+
+    fn idle_allowance(&self) -> f64 {
+        // One ping per keep-alive: the timer that sends it and the PINGRESP.
+        IDLE_BUDGET + 2.0 / KEEP_ALIVE_SECS as f64
+    }
+
+    fn losses(&self) -> (u64, u64, u64, usize) {
+        let mut missing = 0;
+        let mut duplicates = 0;
+        let mut wrong = 0;
+        let mut raced = 0;
+        for ((_, _, who), r) in self.all_runs() {
+            if *who == Who::Daemon {
+                missing += r.missing;
+                duplicates += r.duplicates;
+                wrong += r.wrong;
+            }
+            raced += usize::from(r.raced);
+        }
+        (missing, duplicates, wrong, raced)
+    }
+
+    fn table(&self) -> String {
+        let mut s = String::new();
+        let fmt3 = |v: Option<(f64, f64, f64)>, prec: usize| match v {
+            Some((m, lo, hi)) => format!("{m:.prec$} ({lo:.prec$}–{hi:.prec$})"),
+            None => "—".to_owned(),
+        };
+        let prec = |unit: &str| if unit == "s" { 3 } else { 0 };
+        let _ = writeln!(
+            s,
+            "\nmqtt-responder round trip — {} on 127.0.0.1; {}",
+            self.broker, self.machine
+        );
+        let _ = writeln!(
+            s,
+            "{} repetitions, daemon and floor interleaved; medians (min–max); ratio = daemon / \
+             floor per repetition, median (min–max) and best; load average {} → {}{}",
+            self.opts.reps,
+            self.load.0,
+            self.load.1,
+            match self.opts.taskset {
+                Some([b, l, r]) => format!("; pinned: broker CPU {b}, load {l}, responder {r}"),
+                None => String::new(),
+            }
+        );
+        let sections = [
+            (
+                Mode::Latency,
+                format!("latency: window 1, N = {}", self.opts.latency_n()),
+                &LATENCY_METRICS[..],
+            ),
+            (
+                Mode::Throughput,
+                format!(
+                    "throughput: window {THROUGHPUT_WINDOW}, N = {}",
+                    self.opts.throughput_n()
+                ),
+                &THROUGHPUT_METRICS[..],
+            ),
+        ];
+        for (mode, title, metrics) in sections {
+            let _ = writeln!(
+                s,
+                "\n{title:<28} {:>24} {:>24} {:>22} {:>6}",
+                "daemon", "floor", "ratio", "best"
+            );
+            for qos in 0..=2u8 {
+                for metric in metrics {
+                    let row = self.row(mode, qos, metric);
+                    let label = format!("QoS {qos} {} ({})", metric.name, metric.unit);
+                    let _ = writeln!(
+                        s,
+                        "  {label:<26} {:>24} {:>24} {:>22} {:>6}",
+                        fmt3(row.daemon, prec(metric.unit)),
+                        fmt3(row.floor, prec(metric.unit)),
+                        fmt3(row.ratio, 2),
+                        row.best.map_or("—".to_owned(), |b| format!("{b:.2}")),
+                    );
+                }
+            }
+        }
+        let (missing, duplicates, wrong, raced) = self.losses();
+        let _ = writeln!(s, "\ndaemon resources");
+        let _ = writeln!(
+            s,
+            "  peak RSS (VmHWM, throughput runs)   {} KiB; max {} KiB (target ≤ 6144)",
+            fmt3(self.peak_rss(), 0),
+            self.max_peak_rss_kib()
+                .map_or("—".to_owned(), |k| format!("{k:.0}")),
+        );
+        let _ = writeln!(
+            s,
+            "  start to READY (login seen)         {} ms (floor: {} ms)",
+            fmt3(self.ready(Who::Daemon), 1),
+            fmt3(self.ready(Who::Floor), 1),
+        );
+        let _ = writeln!(
+            s,
+            "  idle wake-ups over {:>2} s            {} /s (allowed {:.3}/s: {IDLE_BUDGET} + \
+             keep-alive {KEEP_ALIVE_SECS} s pings); threads {}",
+            self.idles.first().map_or(0, |i| i.window.as_secs()),
+            fmt3(self.idle(), 3),
+            self.idle_allowance(),
+            self.idles.first().map_or(0, |i| i.threads),
+        );
+        let _ = writeln!(
+            s,
+            "  stripped release binary             {}",
+            self.stripped.map_or("—".to_owned(), |b| format!(
+                "{:.2} MiB ({b} bytes)",
+                b as f64 / 1_048_576.0
+            ))
+        );
+        let _ = writeln!(
+            s,
+            "  missing / duplicate / wrong replies {missing} / {duplicates} / {wrong} (all \
+             QoS, all runs); runs where the responder was late to subscribe: {raced}"
+        );
+        let _ = writeln!(s, "\ntargets (best repetition, worst QoS)");
+        for (what, value, _, ok) in self.verdicts() {
+            let _ = writeln!(
+                s,
+                "  {what:<22} {value:>6.2}×  {}",
+                if ok { "PASS" } else { "FAIL" }
+            );
+        }
+        let rss_ok = self.max_peak_rss_kib().is_some_and(|k| k <= 6144.0);
+        let _ = writeln!(
+            s,
+            "  {:<22} {:>6}   {}",
+            "peak RSS ≤ 6 MiB",
+            self.max_peak_rss_kib()
+                .map_or("—".to_owned(), |k| format!("{:.2}M", k / 1024.0)),
+            if rss_ok { "PASS" } else { "FAIL" }
+        );
+        let idle_ok = self
+            .idles
+            .iter()
+            .map(|i| i.wakeups_per_sec)
+            .reduce(f64::min)
+            .is_some_and(|w| w <= self.idle_allowance());
+        let _ = writeln!(
+            s,
+            "  {:<22} {:>6}   {}",
+            "idle wake-ups",
+            self.idle()
+                .map_or("—".to_owned(), |(m, _, _)| format!("{m:.2}/s")),
+            if idle_ok { "PASS" } else { "FAIL" }
+        );
+        let _ = writeln!(
+            s,
+            "  {:<22} {:>6}   {}",
+            "no loss or duplicate",
+            missing + duplicates + wrong,
+            if missing + duplicates + wrong == 0 {
+                "PASS"
+            } else {
+                "FAIL"
+            }
+        );
+        s
+    }
+
+    fn json(&self) -> Value {
+        let trio = |v: Option<(f64, f64, f64)>| match v {
+            Some((m, lo, hi)) => json!({"median": m, "min": lo, "max": hi}),
+            None => Value::Null,
+        };
+        let mut cases = Vec::new();
+        for (mode, metrics) in [
+            (Mode::Latency, &LATENCY_METRICS[..]),
+            (Mode::Throughput, &THROUGHPUT_METRICS[..]),
+        ] {
+            for qos in 0..=2u8 {
+                let mut figures = serde_json::Map::new();
+                for metric in metrics {
+                    let row = self.row(mode, qos, metric);
+                    figures.insert(
+                        metric.name.to_owned(),
+                        json!({
+                            "unit": metric.unit,
+                            "daemon": trio(row.daemon),
+                            "floor": trio(row.floor),
+                            "ratio": trio(row.ratio),
+                            "best_ratio": row.best,
+                        }),
+                    );
+                }
+                let runs = |who| -> Vec<Value> {
+                    self.runs(mode, qos, who)
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "n": r.n, "p50_us": r.p50_us, "p90_us": r.p90_us,
+                                "p99_us": r.p99_us, "max_us": r.max_us, "per_sec": r.per_sec,
+                                "missing": r.missing, "duplicates": r.duplicates,
+                                "wrong": r.wrong, "raced": r.raced, "passed": r.passed,
+                                "cpu_per_10k_s": r.cpu_per_10k, "peak_rss_kib": r.hwm_kib,
+                                "ready_ms": r.ready_ms,
+                            })
+                        })
+                        .collect()
+                };
+                cases.push(json!({
+                    "mode": mode.name(),
+                    "qos": qos,
+                    "window": if mode == Mode::Latency { 1 } else { THROUGHPUT_WINDOW },
+                    "figures": figures,
+                    "daemon_runs": runs(Who::Daemon),
+                    "floor_runs": runs(Who::Floor),
+                }));
+            }
+        }
+        let (missing, duplicates, wrong, raced) = self.losses();
+        json!({
+            "machine": self.machine,
+            "broker": self.broker,
+            "load_average": {"before": self.load.0, "after": self.load.1},
+            "repetitions": self.opts.reps,
+            "quick": self.opts.quick,
+            "taskset": self.opts.taskset,
+            "cases": cases,
+            "daemon": {
+                "peak_rss_kib": trio(self.peak_rss()),
+                "ready_ms": trio(self.ready(Who::Daemon)),
+                "floor_ready_ms": trio(self.ready(Who::Floor)),
+                "idle_wakeups_per_sec": trio(self.idle()),
+                "idle_allowance_per_sec": self.idle_allowance(),
+                "stripped_binary_bytes": self.stripped,
+                "missing": missing,
+                "duplicates": duplicates,
+                "wrong": wrong,
+                "raced_runs": raced,
+            },
+            "targets": self.verdicts().into_iter().map(|(what, value, target, ok)| json!({
+                "what": what, "worst_qos_best_ratio": value, "target": target, "pass": ok,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
