@@ -694,17 +694,14 @@ impl ResponderApp {
             }
             Phase::Answering => {
                 n.ready();
-                let line = format!(
-                    "answering on {}: {} replies",
-                    self.responder.uuid().unwrap_or("?"),
-                    self.responder
-                        .stats()
-                        .answered
-                        .iter()
-                        .map(|(_, c)| c)
-                        .sum::<u64>()
-                );
-                n.status_throttled(&line, now);
+                let responder = &self.responder;
+                n.status_throttled(now, || {
+                    let answered: u64 = responder.stats().answered.iter().map(|(_, c)| c).sum();
+                    format!(
+                        "answering on {}: {answered} replies",
+                        responder.uuid().unwrap_or("?")
+                    )
+                });
             }
             Phase::Draining => n.status("completion received; draining replies", now),
             Phase::Finished => n.status("completed; disconnecting", now),

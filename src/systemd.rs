@@ -23,8 +23,8 @@ pub struct Notifier {
     next_ping: Option<Instant>,
     last_status: String,
     last_status_at: Option<Instant>,
-    /// A throttled status line waiting for its turn.
-    pending: Option<(String, Instant)>,
+    /// When a throttled status line that had to wait is due (the caller renders it then).
+    refresh_due: Option<Instant>,
 }
 
 impl Notifier {
@@ -41,7 +41,7 @@ impl Notifier {
             next_ping: watchdog.map(|d| now + d),
             last_status: String::new(),
             last_status_at: None,
-            pending: None,
+            refresh_due: None,
         }
     }
 
@@ -55,26 +55,24 @@ impl Notifier {
 
     /// STATUS=… now (a phase change), unless it is the line sent last.
     pub fn status(&mut self, line: &str, now: Instant) {
-        self.pending = None;
-        if line != self.last_status {
+        self.refresh_due = None;
+        if self.enabled && line != self.last_status {
             self.last_status = line.to_owned();
             self.last_status_at = Some(now);
             self.send(&[NotifyState::Status(line)]);
         }
     }
 
-    /// STATUS=… for a counter that changes often: sent at most every [`STATUS_REFRESH`];
-    /// a newer line replaces one still waiting.
-    pub fn status_throttled(&mut self, line: &str, now: Instant) {
-        if line == self.last_status {
-            self.pending = None;
+    /// STATUS=… for a counter that changes often: sent at most every [`STATUS_REFRESH`].
+    /// `line` is only rendered when it will be sent (not on every command); when it has to
+    /// wait, [`Notifier::poll_timeout`] includes the moment, and the caller asks again then.
+    pub fn status_throttled(&mut self, now: Instant, line: impl FnOnce() -> String) {
+        if !self.enabled {
             return;
         }
         match self.last_status_at {
-            Some(at) if now < at + STATUS_REFRESH => {
-                self.pending = Some((line.to_owned(), at + STATUS_REFRESH));
-            }
-            _ => self.status(line, now),
+            Some(at) if now < at + STATUS_REFRESH => self.refresh_due = Some(at + STATUS_REFRESH),
+            _ => self.status(&line(), now),
         }
     }
 
@@ -95,20 +93,20 @@ impl Notifier {
 
     /// STOPPING=1 with a status line.
     pub fn stopping(&mut self, line: &str) {
-        self.pending = None;
+        self.refresh_due = None;
         self.last_status = line.to_owned();
         self.send(&[NotifyState::Stopping, NotifyState::Status(line)]);
     }
 
     /// The next WATCHDOG=1 or throttled status line, whichever is due first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.next_ping, self.pending.as_ref().map(|(_, due)| *due)]
+        [self.next_ping, self.refresh_due]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Sends WATCHDOG=1 and the waiting status line if they are due.
+    /// Sends WATCHDOG=1 if it is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let (Some(due), Some(interval)) = (self.next_ping, self.watchdog)
             && now >= due
@@ -116,12 +114,9 @@ impl Notifier {
             self.send(&[NotifyState::Watchdog]);
             self.next_ping = Some(now + interval);
         }
-        if let Some((line, due)) = self.pending.take() {
-            if now >= due {
-                self.status(&line, now);
-            } else {
-                self.pending = Some((line, due));
-            }
+        // A waiting status line is rendered by the caller, who asks again after this.
+        if self.refresh_due.is_some_and(|due| now >= due) {
+            self.refresh_due = None;
         }
     }
 
