@@ -31,7 +31,8 @@ fn planted(text: &str) -> bool {
         && text.lines().any(|line| {
             let line = line.trim_start();
             line.starts_with("password")
-                && (line.contains(&format!("\"{MARKER}\"")) || line.contains(&format!("'{MARKER}'")))
+                && (line.contains(&format!("\"{MARKER}\""))
+                    || line.contains(&format!("'{MARKER}'")))
         })
 }
 
@@ -49,13 +50,19 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             if check {
                 assert!(!format!("{config:?}").contains(MARKER), "password in Debug");
-                assert!(!config.to_redacted_toml().contains(MARKER), "password in redacted TOML");
+                assert!(
+                    !config.to_redacted_toml().contains(MARKER),
+                    "password in redacted TOML"
+                );
             }
         }
         Err(e) => {
             let message = e.to_string();
             if check {
-                assert!(!message.contains(MARKER), "password in the error: {message}");
+                assert!(
+                    !message.contains(MARKER),
+                    "password in the error: {message}"
+                );
             }
         }
     }

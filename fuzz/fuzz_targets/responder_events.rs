@@ -44,7 +44,11 @@ const HOSTILE: &[&[u8]] = &[
     b"{command}",
 ];
 const COMMAND_TEMPLATES: &[&str] = &["{uuid}", "{user_id}/{uuid}/cmd", "cmd/{uuid}"];
-const REPLY_TEMPLATES: &[&str] = &["{uuid}/{command}", "{user_id}/{uuid}/{command}/r", "r/{command}"];
+const REPLY_TEMPLATES: &[&str] = &[
+    "{uuid}/{command}",
+    "{user_id}/{uuid}/{command}/r",
+    "r/{command}",
+];
 const COMMANDS: &[&str] = &["Hello", "Ping", "Status", "a b", "x/y", "+", COMPLETION];
 
 #[derive(Debug, Arbitrary)]
@@ -83,15 +87,31 @@ enum Cmd {
 
 #[derive(Debug, Arbitrary)]
 enum Event {
-    Connected { session_present: bool, max_qos: u8 },
+    Connected {
+        session_present: bool,
+        max_qos: u8,
+    },
     Disconnected,
     /// A SUBACK for a topic the responder asked for (`which` picks among them).
-    SubscribedAsked { which: u8, granted: Option<u8> },
-    SubscribedRandom { topic: String, granted: Option<u8> },
+    SubscribedAsked {
+        which: u8,
+        granted: Option<u8>,
+    },
+    SubscribedRandom {
+        topic: String,
+        granted: Option<u8>,
+    },
     UuidMessage(Uuid),
     /// On the accepted command topic (on the UUID topic while there is none).
-    Command { cmd: Cmd, response_topic: Option<String>, correlation: Option<Vec<u8>> },
-    RandomMessage { topic: String, payload: Vec<u8> },
+    Command {
+        cmd: Cmd,
+        response_topic: Option<String>,
+        correlation: Option<Vec<u8>>,
+    },
+    RandomMessage {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// The same message again, with its id (a redelivery the session did not suppress).
     Redeliver(u8),
     /// Delivered/failed for a reply it published (`which`) or a random id.
@@ -120,7 +140,9 @@ fn uuid_bytes(u: &Uuid) -> Vec<u8> {
 
 fn cmd_bytes(c: &Cmd) -> Vec<u8> {
     match c {
-        Cmd::Known(i) => COMMANDS[usize::from(*i) % COMMANDS.len()].as_bytes().to_vec(),
+        Cmd::Known(i) => COMMANDS[usize::from(*i) % COMMANDS.len()]
+            .as_bytes()
+            .to_vec(),
         Cmd::Raw(b) => b.clone(),
         Cmd::Long(n) => vec![b'a'; usize::from(*n)],
     }
@@ -182,11 +204,19 @@ struct Model {
 impl Model {
     /// Checks the actions of one event; `uuid` is the one accepted after it, `delivered` the
     /// id the event delivered, if any, with whether its reply was in flight before.
-    fn check(&mut self, actions: Vec<Action>, uuid: Option<&str>, delivered: Option<(MessageId, bool)>) {
+    fn check(
+        &mut self,
+        actions: Vec<Action>,
+        uuid: Option<&str>,
+        delivered: Option<(MessageId, bool)>,
+    ) {
         let mut answered = 0;
         for action in actions {
             if self.disconnected {
-                assert!(matches!(action, Action::Ack(_)), "{action:?} after Disconnect");
+                assert!(
+                    matches!(action, Action::Ack(_)),
+                    "{action:?} after Disconnect"
+                );
             }
             match action {
                 Action::Subscribe { topic, .. } => {
@@ -205,10 +235,18 @@ impl Model {
                     );
                 }
                 Action::Publish(out) => {
-                    assert_eq!(validate_topic(&out.topic), Ok(()), "published to {:?}", out.topic);
+                    assert_eq!(
+                        validate_topic(&out.topic),
+                        Ok(()),
+                        "published to {:?}",
+                        out.topic
+                    );
                     if let OutgoingKind::Reply { in_reply_to, .. } = out.kind {
                         let seen = self.ids.entry(in_reply_to).or_default();
-                        assert!(!seen.reply_in_flight, "second reply in flight for {in_reply_to:?}");
+                        assert!(
+                            !seen.reply_in_flight,
+                            "second reply in flight for {in_reply_to:?}"
+                        );
                         seen.replies += 1;
                         seen.reply_in_flight = true;
                         assert!(
@@ -273,10 +311,15 @@ fuzz_target!(|input: Input| {
             .iter()
             .map(|c| {
                 next_id += 1;
-                (MessageId(next_id), String::from_utf8_lossy(&cmd_bytes(c)).into_owned())
+                (
+                    MessageId(next_id),
+                    String::from_utf8_lossy(&cmd_bytes(c)).into_owned(),
+                )
             })
             .collect();
-        if r.restore(&uuid, &in_flight, restore.draining, qos(restore.qos)).is_ok() {
+        if r.restore(&uuid, &in_flight, restore.draining, qos(restore.qos))
+            .is_ok()
+        {
             for (id, _) in &in_flight {
                 let seen = model.ids.entry(*id).or_default();
                 seen.deliveries = 1;
@@ -293,9 +336,10 @@ fuzz_target!(|input: Input| {
     for event in input.events.iter().take(256) {
         let mut delivered = None;
         match event {
-            Event::Connected { session_present, max_qos } => {
-                r.handle_connected(*session_present, qos(*max_qos), now)
-            }
+            Event::Connected {
+                session_present,
+                max_qos,
+            } => r.handle_connected(*session_present, qos(*max_qos), now),
             Event::Disconnected => r.handle_disconnected(now),
             Event::SubscribedAsked { which, granted } => {
                 if !asked.is_empty() {
@@ -315,7 +359,11 @@ fuzz_target!(|input: Input| {
                         payload: uuid_bytes(u),
                         response: ResponseTo::default(),
                     },
-                    Event::Command { cmd, response_topic, correlation } => Sent {
+                    Event::Command {
+                        cmd,
+                        response_topic,
+                        correlation,
+                    } => Sent {
                         id: MessageId(next_id),
                         topic: r
                             .uuid()
@@ -343,7 +391,13 @@ fuzz_target!(|input: Input| {
                 };
                 model.ids.entry(message.id).or_default().deliveries += 1;
                 delivered = Some((message.id, false));
-                r.handle_request(message.id, &message.topic, &message.payload, &message.response, now);
+                r.handle_request(
+                    message.id,
+                    &message.topic,
+                    &message.payload,
+                    &message.response,
+                    now,
+                );
                 sent.push(message);
             }
             Event::Redeliver(which) => {
@@ -352,7 +406,13 @@ fuzz_target!(|input: Input| {
                     let seen = model.ids.entry(message.id).or_default();
                     seen.deliveries += 1;
                     delivered = Some((message.id, seen.reply_in_flight));
-                    r.handle_request(message.id, &message.topic, &message.payload, &message.response, now);
+                    r.handle_request(
+                        message.id,
+                        &message.topic,
+                        &message.payload,
+                        &message.response,
+                        now,
+                    );
                 }
             }
             Event::Delivered(which) | Event::Failed(which) => {
@@ -387,7 +447,10 @@ fuzz_target!(|input: Input| {
                     entries
                         .iter()
                         .map(|(c, reply)| {
-                            (COMMANDS[usize::from(*c) % COMMANDS.len()].to_owned(), reply.clone())
+                            (
+                                COMMANDS[usize::from(*c) % COMMANDS.len()].to_owned(),
+                                reply.clone(),
+                            )
                         })
                         .filter(|(c, _)| validate_level(c).is_ok() && c != COMPLETION)
                         .collect(),

@@ -42,14 +42,28 @@ enum Op {
     /// A well-formed broker packet.
     Packet(BrokerPacket),
     /// Acknowledge the oldest-but-`n` outgoing publish in flight the way its state expects.
-    AckOutgoing { which: u8, pubcomp: bool, failure: bool },
+    AckOutgoing {
+        which: u8,
+        pubcomp: bool,
+        failure: bool,
+    },
     /// SUBACK a SUBSCRIBE in progress.
-    SubAckPending { which: u8, granted: Vec<u8> },
+    SubAckPending {
+        which: u8,
+        granted: Vec<u8>,
+    },
     /// PUBREL an inbound QoS 2 message.
     PubRelInbound(u8),
     /// Redeliver an inbound message under its packet id.
-    Redeliver { which: u8, dup: bool },
-    Publish { qos: u8, payload: Vec<u8>, correlation: Option<Vec<u8>> },
+    Redeliver {
+        which: u8,
+        dup: bool,
+    },
+    Publish {
+        qos: u8,
+        payload: Vec<u8>,
+        correlation: Option<Vec<u8>>,
+    },
     Ack(u8),
     AckRandom(u64),
     Subscribe(u8),
@@ -63,8 +77,20 @@ enum Op {
 
 #[derive(Debug, Arbitrary)]
 enum BrokerPacket {
-    ConnAck { session_present: bool, code: u8, props: Vec<ConnAckProp> },
-    Publish { qos: u8, dup: bool, retain: bool, pkid: u16, topic: u8, payload: Vec<u8>, response: bool },
+    ConnAck {
+        session_present: bool,
+        code: u8,
+        props: Vec<ConnAckProp>,
+    },
+    Publish {
+        qos: u8,
+        dup: bool,
+        retain: bool,
+        pkid: u16,
+        topic: u8,
+        payload: Vec<u8>,
+        response: bool,
+    },
     PubAck(u16, u8),
     PubRec(u16, u8),
     PubRel(u16),
@@ -131,7 +157,11 @@ fn encode(p: &BrokerPacket, v5: bool, out: &mut BytesMut) {
         frame(out, header, &body);
     };
     match p {
-        BrokerPacket::ConnAck { session_present, code, props } => {
+        BrokerPacket::ConnAck {
+            session_present,
+            code,
+            props,
+        } => {
             body.put_u8(u8::from(*session_present));
             if v5 {
                 body.put_u8(if *code < 0x80 { 0 } else { *code });
@@ -167,9 +197,20 @@ fn encode(p: &BrokerPacket, v5: bool, out: &mut BytesMut) {
             }
             frame(out, 0x20, &body);
         }
-        BrokerPacket::Publish { qos, dup, retain, pkid, topic, payload, response } => {
+        BrokerPacket::Publish {
+            qos,
+            dup,
+            retain,
+            pkid,
+            topic,
+            payload,
+            response,
+        } => {
             let qos = qos % 3;
-            string(&mut body, TOPICS[usize::from(*topic) % TOPICS.len()].as_bytes());
+            string(
+                &mut body,
+                TOPICS[usize::from(*topic) % TOPICS.len()].as_bytes(),
+            );
             if qos > 0 {
                 body.put_u16(*pkid);
             }
@@ -240,7 +281,9 @@ impl Model {
     fn events(&mut self, s: &mut Session) {
         while let Some(event) = s.poll_event() {
             match event {
-                Event::Connected { session_present, .. } => {
+                Event::Connected {
+                    session_present, ..
+                } => {
                     self.connected = true;
                     if !session_present {
                         // The broker forgot every packet id.
@@ -286,7 +329,12 @@ impl Model {
 
     fn sent(&mut self, p: Client) {
         match p {
-            Client::Publish { qos, pkid, dup, topic } => {
+            Client::Publish {
+                qos,
+                pkid,
+                dup,
+                topic,
+            } => {
                 if qos == QoS::AtMostOnce {
                     return;
                 }
@@ -296,14 +344,21 @@ impl Model {
                     .and_then(|n| n.parse().ok())
                     .expect("topic of an application publish");
                 match self.outgoing.get(&pkid) {
-                    Some((m, _)) if dup => assert_eq!(*m, n, "DUP resend of packet id {pkid} is another message"),
-                    Some((m, _)) => panic!("packet id {pkid} reused for publish {n} while {m} is in flight"),
+                    Some((m, _)) if dup => {
+                        assert_eq!(*m, n, "DUP resend of packet id {pkid} is another message")
+                    }
+                    Some((m, _)) => {
+                        panic!("packet id {pkid} reused for publish {n} while {m} is in flight")
+                    }
                     None => {
                         assert!(
                             !self.outgoing.values().any(|(m, _)| *m == n),
                             "publish {n} sent again under a new packet id {pkid}"
                         );
-                        assert!(!self.subscribing.contains(&pkid), "packet id {pkid} of a SUBSCRIBE in progress");
+                        assert!(
+                            !self.subscribing.contains(&pkid),
+                            "packet id {pkid} of a SUBSCRIBE in progress"
+                        );
                     }
                 }
                 self.outgoing.insert(pkid, (n, Out::Sent(qos)));
@@ -311,7 +366,10 @@ impl Model {
             Client::PubRel(pkid) => {
                 let entry = self.outgoing.get_mut(&pkid);
                 assert!(
-                    matches!(entry, Some((_, Out::Sent(QoS::ExactlyOnce) | Out::Released))),
+                    matches!(
+                        entry,
+                        Some((_, Out::Sent(QoS::ExactlyOnce) | Out::Released))
+                    ),
                     "PUBREL {pkid} for no QoS 2 publish in flight"
                 );
                 if let Some(e) = entry {
@@ -331,8 +389,14 @@ impl Model {
             }
             Client::Subscribe(pkid) => {
                 assert_ne!(pkid, 0, "SUBSCRIBE with packet id 0");
-                assert!(!self.outgoing.contains_key(&pkid), "SUBSCRIBE reuses packet id {pkid} of a publish in flight");
-                assert!(!self.subscribing.contains(&pkid), "SUBSCRIBE reuses packet id {pkid}");
+                assert!(
+                    !self.outgoing.contains_key(&pkid),
+                    "SUBSCRIBE reuses packet id {pkid} of a publish in flight"
+                );
+                assert!(
+                    !self.subscribing.contains(&pkid),
+                    "SUBSCRIBE reuses packet id {pkid}"
+                );
                 self.subscribing.push(pkid);
             }
             Client::Other => {}
@@ -342,7 +406,12 @@ impl Model {
 
 /// The client packets the checker cares about.
 enum Client {
-    Publish { qos: QoS, pkid: u16, dup: bool, topic: String },
+    Publish {
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+        topic: String,
+    },
     PubRel(u16),
     PubRec(u16),
     PubComp(u16),
@@ -432,7 +501,12 @@ fuzz_target!(|data: &[u8]| {
             max_inflight: 2,
             keep_alive_secs: 5,
             small_max_packet: false,
-            ops: vec![Op::TransportUp, Op::Bytes(bytes.to_vec()), Op::Ack(0), Op::Ack(1)],
+            ops: vec![
+                Op::TransportUp,
+                Op::Bytes(bytes.to_vec()),
+                Op::Ack(0),
+                Op::Ack(1),
+            ],
         },
         _ => match Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) {
             Ok(input) => input,
@@ -469,8 +543,13 @@ fn run(input: Input) {
         match op {
             Op::Bytes(b) => feed.put_slice(b),
             Op::Packet(p) => encode(p, v5, &mut feed),
-            Op::AckOutgoing { which, pubcomp, failure } => {
-                let mut ids: Vec<(u16, (u64, Out))> = m.outgoing.iter().map(|(k, v)| (*k, *v)).collect();
+            Op::AckOutgoing {
+                which,
+                pubcomp,
+                failure,
+            } => {
+                let mut ids: Vec<(u16, (u64, Out))> =
+                    m.outgoing.iter().map(|(k, v)| (*k, *v)).collect();
                 ids.sort_unstable();
                 if !ids.is_empty() {
                     let (pkid, (_, state)) = ids[usize::from(*which) % ids.len()];
@@ -486,14 +565,28 @@ fn run(input: Input) {
             Op::SubAckPending { which, granted } => {
                 if !m.subscribing.is_empty() {
                     let pkid = m.subscribing[usize::from(*which) % m.subscribing.len()];
-                    encode(&BrokerPacket::SubAck(pkid, granted.iter().map(|g| if *g > 2 { 0x80 } else { *g }).collect()), v5, &mut feed);
+                    encode(
+                        &BrokerPacket::SubAck(
+                            pkid,
+                            granted
+                                .iter()
+                                .map(|g| if *g > 2 { 0x80 } else { *g })
+                                .collect(),
+                        ),
+                        v5,
+                        &mut feed,
+                    );
                 }
             }
             Op::PubRelInbound(which) => {
                 let mut ids: Vec<u16> = m.inbound2.keys().copied().collect();
                 ids.sort_unstable();
                 if !ids.is_empty() {
-                    encode(&BrokerPacket::PubRel(ids[usize::from(*which) % ids.len()]), v5, &mut feed);
+                    encode(
+                        &BrokerPacket::PubRel(ids[usize::from(*which) % ids.len()]),
+                        v5,
+                        &mut feed,
+                    );
                 }
             }
             Op::Redeliver { which, dup } => {
@@ -515,7 +608,11 @@ fn run(input: Input) {
                     );
                 }
             }
-            Op::Publish { qos: q, payload, correlation } => {
+            Op::Publish {
+                qos: q,
+                payload,
+                correlation,
+            } => {
                 published += 1;
                 let token = s.publish(
                     Publish {
