@@ -937,8 +937,10 @@ impl Responder {
 
     /// Asks for DISCONNECT; the run is over.
     fn finish(&mut self) {
+        // Subscriptions still in progress are moot: a SUBACK that comes back refused after
+        // this must not arm a retry that subscribes after the DISCONNECT.
+        self.void_pending();
         self.timers = TimerTable::default();
-        self.retry = None;
         self.actions.push_back(Action::Disconnect);
         self.set_phase(Phase::Finished);
     }
@@ -1603,6 +1605,26 @@ mod tests {
         r.handle_message(MessageId(7), UUID, b"CMD1", t);
         r.handle_connected(false, QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(7))]);
+        assert_eq!(r.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn a_suback_after_the_end_subscribes_nothing() {
+        // The completion arrived before the command subscription's SUBACK, which then came
+        // back refused: the retry used to subscribe again after the Disconnect.
+        let t = Instant::now();
+        let mut r = waiting(&session(), t);
+        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        actions(&mut r);
+        r.handle_message(MessageId(2), UUID, b"Well done my IoT!", t);
+        assert_eq!(
+            actions(&mut r),
+            [Action::Ack(MessageId(2)), Action::Disconnect]
+        );
+        r.handle_subscribed(UUID, None, t);
+        assert_eq!(r.poll_timeout(), None);
+        r.handle_timeout(t + Duration::from_secs(60));
+        assert_eq!(actions(&mut r), []);
         assert_eq!(r.phase(), Phase::Finished);
     }
 
