@@ -320,8 +320,10 @@ impl TakeoverWatch {
         reason: Option<u8>,
     ) -> Option<u32> {
         let taken_over = reason == Some(SESSION_TAKEN_OVER);
+        // Closed before CONNACK counts too: when the broker resets the socket right after a
+        // takeover, the CONNACK it had sent can be discarded unread.
         let suspicious =
-            up_for.is_some_and(|up| up < STABLE_AFTER) && (closed_by_broker || taken_over);
+            up_for.is_none_or(|up| up < STABLE_AFTER) && (closed_by_broker || taken_over);
         if !suspicious {
             // A connection that stayed up, or a different failure, ends the streak.
             *self = TakeoverWatch::default();
@@ -1003,6 +1005,18 @@ mod tests {
         let mut w = TakeoverWatch::default();
         assert_eq!(w.lost(SHORT, false, Some(SESSION_TAKEN_OVER)), None);
         assert_eq!(w.lost(SHORT, true, Some(SESSION_TAKEN_OVER)), Some(2));
+    }
+
+    #[test]
+    fn a_takeover_before_the_connack_was_read_counts() {
+        let mut w = TakeoverWatch::default();
+        assert_eq!(w.lost(SHORT, true, None), None);
+        assert_eq!(
+            w.lost(None, true, None),
+            None,
+            "reset before CONNACK was read"
+        );
+        assert_eq!(w.lost(SHORT, true, None), Some(3));
     }
 
     #[test]
