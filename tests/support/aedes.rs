@@ -145,14 +145,7 @@ impl Aedes {
 
     /// Whether the process is alive (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                self.child = None;
-                false
-            }
-            None => false,
-        }
+        super::child_running(&mut self.child)
     }
 
     fn log_path(&self) -> PathBuf {

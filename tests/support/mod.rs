@@ -47,6 +47,18 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+/// Whether a broker child process is alive; reaps it (and forgets it) once it has exited.
+pub fn child_running(child: &mut Option<Child>) -> bool {
+    match child.as_mut().map(Child::try_wait) {
+        Some(Ok(None)) => true,
+        Some(_) => {
+            *child = None;
+            false
+        }
+        None => false,
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, drop it).
 ///
 /// Another process can take it before the caller binds it; the brokers below retry with a
@@ -428,14 +440,7 @@ impl Mosquitto {
 
     /// Whether the process is alive (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                self.child = None;
-                false
-            }
-            None => false,
-        }
+        child_running(&mut self.child)
     }
 
     /// The broker's private temp dir.
