@@ -818,24 +818,18 @@ impl Floor {
         );
         let never = CancellationToken::new();
         runtime.block_on(async {
-            // At most a purge connection and the real one.
-            for _ in 0..3 {
-                let stream = endpoint.open().await.map_err(|e| e.to_string())?;
-                let end = driver::run_connection(
-                    stream,
-                    &mut session,
-                    &mut self,
-                    Duration::from_secs(10),
-                    &never,
-                )
-                .await;
-                match end {
-                    driver::End::Disconnected => return Ok(()),
-                    driver::End::Purged => continue,
-                    other => return Err(format!("{other:?}")),
-                }
+            let end = driver::open_and_run(
+                endpoint,
+                &mut session,
+                &mut self,
+                Duration::from_secs(10),
+                &never,
+            )
+            .await;
+            match end {
+                driver::End::Disconnected => Ok(()),
+                other => Err(format!("{other:?}")),
             }
-            Err("too many connections".to_owned())
         })
     }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::packet::ConnectCode;
 use crate::mqtt::session::{Event, Session};
-use crate::transport::BoxStream;
+use crate::transport::{BoxStream, Endpoint};
 
 /// The protocol side of a connection.
 pub trait App {
@@ -57,6 +57,42 @@ pub enum End {
         /// session over; not a timeout or a protocol error on our side.
         closed_by_broker: bool,
     },
+}
+
+/// Opens a stream to `endpoint` and runs connections over it until one ends other than by
+/// the 3.1.1 purge of an old session (the purge is followed by the real connection at
+/// once, so callers never see [`End::Purged`]). An `endpoint` that cannot be reached is an
+/// [`End::Lost`] that never connected.
+pub async fn open_and_run(
+    endpoint: &Endpoint,
+    session: &mut Session,
+    app: &mut dyn App,
+    connect_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> End {
+    // A purge happens once per session; the bound only guards against a broker that keeps
+    // answering a clean start with session present.
+    for _ in 0..3 {
+        let stream = match endpoint.open().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                return End::Lost {
+                    error: e.to_string(),
+                    up_for: None,
+                    closed_by_broker: false,
+                };
+            }
+        };
+        match run_connection(stream, session, app, connect_timeout, shutdown).await {
+            End::Purged => continue,
+            end => return end,
+        }
+    }
+    End::Lost {
+        error: "the broker kept ending the connection that clears the old session".to_owned(),
+        up_for: None,
+        closed_by_broker: true,
+    }
 }
 
 /// Runs one connection over `stream` until it ends. `connect_timeout` bounds the wait for

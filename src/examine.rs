@@ -222,42 +222,38 @@ pub async fn examine(
     // Bounded: each connected stretch ends the run or counts a loss (and the examination's
     // timeout bounds those); offline stretches are bounded by GIVE_UP_AFTER.
     loop {
-        let failure = match endpoint.open().await {
-            Err(e) => e.to_string(),
-            Ok(stream) => {
-                let end = driver::run_connection(
-                    stream,
-                    &mut session,
-                    &mut app,
-                    Duration::from_secs(10),
-                    &never,
-                )
-                .await;
-                match end {
-                    End::Disconnected => break,
-                    End::Purged => continue,
-                    End::Refused(code) => {
-                        return Err(ExamineError::Connection(format!(
-                            "{} refused the examiner's connection: {code:?}",
-                            endpoint.addr()
-                        )));
+        let end = driver::open_and_run(
+            endpoint,
+            &mut session,
+            &mut app,
+            Duration::from_secs(10),
+            &never,
+        )
+        .await;
+        let failure = match end {
+            End::Disconnected => break,
+            // open_and_run carries a purge through to the real connection.
+            End::Purged => "the old session could not be cleared".to_owned(),
+            End::Refused(code) => {
+                return Err(ExamineError::Connection(format!(
+                    "{} refused the examiner's connection: {code:?}",
+                    endpoint.addr()
+                )));
+            }
+            End::Lost { error, up_for, .. } => {
+                if up_for.is_some() {
+                    offline_since = None;
+                    reconnects += 1;
+                    app.subscriptions.clear();
+                    for examiner in &mut app.examiners {
+                        examiner.handle_disconnected(Instant::now());
                     }
-                    End::Lost { error, up_for, .. } => {
-                        if up_for.is_some() {
-                            offline_since = None;
-                            reconnects += 1;
-                            app.subscriptions.clear();
-                            for examiner in &mut app.examiners {
-                                examiner.handle_disconnected(Instant::now());
-                            }
-                            tracing::warn!(
-                                "examiner lost its connection to {}: {error}; resuming",
-                                endpoint.addr()
-                            );
-                        }
-                        error
-                    }
+                    tracing::warn!(
+                        "examiner lost its connection to {}: {error}; resuming",
+                        endpoint.addr()
+                    );
                 }
+                error
             }
         };
         let since = *offline_since.get_or_insert_with(Instant::now);
