@@ -14,6 +14,9 @@ use crate::mqtt::packet::ConnectCode;
 use crate::mqtt::session::{Event, Session};
 use crate::transport::{BoxStream, Endpoint};
 
+/// How long, after our DISCONNECT, the broker has to close the connection before we do.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// The protocol side of a connection.
 pub trait App {
     /// A session event (never `Refused` or `Purged`: those end the connection).
@@ -146,8 +149,7 @@ pub async fn run_connection_with_reload(
             }
         }
         if app.wants_disconnect() {
-            // shutdown() flushes and sends FIN (TLS: close_notify) after the DISCONNECT.
-            let _ = stream.shutdown().await;
+            close_after_disconnect(&mut stream).await;
             session.handle_transport_down();
             return End::Disconnected;
         }
@@ -220,12 +222,32 @@ pub async fn run_connection_with_reload(
                 while let Some(bytes) = session.poll_transmit() {
                     let _ = stream.write_all(&bytes).await;
                 }
-                let _ = stream.shutdown().await;
+                close_after_disconnect(&mut stream).await;
             }
             session.handle_transport_down();
             return end;
         }
     }
+}
+
+/// Flushes a DISCONNECT already written to `stream`, lets the broker close the connection
+/// first (bounded by [`CLOSE_LINGER`]), then shuts our side down (FIN; TLS: close_notify).
+///
+/// Closing first races the broker's own teardown. rumqttd 0.20 then handles the
+/// disconnect twice, the second time under a connection id it has already given to the
+/// next connection: with a 3.1.1 purge that is our own real connection, dropped right
+/// after its CONNACK. Waiting for the broker's close costs nothing with brokers that close
+/// at once (mosquitto, rumqttd, aedes).
+async fn close_after_disconnect(stream: &mut BoxStream) {
+    let mut scratch = [0u8; 512];
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        stream.flush().await?;
+        // Whatever still arrives is moot after our DISCONNECT; the timeout bounds the loop.
+        while stream.read(&mut scratch).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    let _ = stream.shutdown().await;
 }
 
 /// Whether an I/O error means the other side tore the connection down.

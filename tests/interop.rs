@@ -429,3 +429,120 @@ fn aedes_mqtt311() {
     }
     broker.stop().unwrap();
 }
+
+/// A 3.1.1 run first clears the old session on a throwaway connection, then connects for
+/// real at once. When the client closed right after its DISCONNECT, rumqttd 0.20 sometimes
+/// handled the throwaway connection's end twice, the second time under the connection id it
+/// had meanwhile given to the real connection, which it then dropped (a reconnect in about a
+/// quarter of the exchanges above). The driver lets the broker close first; a proxy between
+/// them sees which side closed each connection first, so the order is checked on every run,
+/// whether or not the broker's race would have struck.
+#[test]
+fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_up() {
+    use mqtt_responder::driver::{self, App, End};
+    use mqtt_responder::mqtt::session::{Event, Session, SessionConfig};
+    use mqtt_responder::mqtt::{Protocol, QoS};
+    use std::time::Instant;
+    use support::proxy::Proxy;
+    use tokio_util::sync::CancellationToken;
+
+    /// Subscribes `left` times in a row, one SUBACK at a time, then disconnects.
+    struct RoundTrips {
+        left: u32,
+        disconnecting: bool,
+    }
+    impl App for RoundTrips {
+        fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+            if matches!(event, Event::Connected { .. } | Event::SubAck { .. }) {
+                if self.left == 0 {
+                    session.disconnect(now);
+                    self.disconnecting = true;
+                } else {
+                    self.left -= 1;
+                    session.subscribe(vec![("purge/probe".to_owned(), QoS::AtLeastOnce)], now);
+                }
+            }
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _: &mut Session, _: Instant) {}
+        fn handle_shutdown(&mut self, _: &mut Session, _: Instant) {}
+        fn wants_disconnect(&self) -> bool {
+            self.disconnecting
+        }
+    }
+
+    // A broker of its own: a hundred connection pairs are not the exchanges' business.
+    let port = support::EmbeddedBroker::start()
+        .expect("start an embedded rumqttd")
+        .port();
+    // Clients in parallel, as the daemon and the examiner are in an exchange: the broker's
+    // router is busy when each purge ends.
+    let probes: Vec<_> = (0..4)
+        .map(|probe| {
+            std::thread::spawn(move || {
+                let proxy = Proxy::start(port);
+                let toml = format!(
+                    "[broker]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"3.1.1\"\n\
+                     [session]\nuser_id = \"purge-probe\"\n",
+                    proxy.port()
+                );
+                let cfg = mqtt_responder::config::from_toml(std::path::Path::new("p.toml"), &toml)
+                    .expect("probe config is valid");
+                let endpoint = mqtt_responder::transport::Endpoint::new(&cfg.broker).unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let never = CancellationToken::new();
+                for run in 0..25 {
+                    let mut session = Session::new(
+                        SessionConfig {
+                            protocol: Protocol::V311,
+                            client_id: format!("purge-probe-{probe}"),
+                            username: None,
+                            password: None,
+                            keep_alive: Duration::from_secs(30),
+                            max_inflight: 20,
+                            max_incoming_packet: 1 << 20,
+                            session_expiry: 600,
+                            will: None,
+                            manual_acks: false,
+                            clean_first: true,
+                        },
+                        Instant::now(),
+                    );
+                    let mut app = RoundTrips {
+                        left: 3,
+                        disconnecting: false,
+                    };
+                    let before = proxy.closed_first_by_broker();
+                    let end = runtime.block_on(async {
+                        let timeout = Duration::from_secs(5);
+                        let run =
+                            driver::open_and_run(&endpoint, &mut session, &mut app, timeout, &never);
+                        tokio::time::timeout(Duration::from_secs(20), run).await
+                    });
+                    assert!(
+                        matches!(end, Ok(End::Disconnected)),
+                        "probe {probe}, run {run}: the connection after the purge ended with {end:?}"
+                    );
+                    // The proxy counts a close before passing it on, so both are counted by
+                    // the time the client has seen them.
+                    assert_eq!(
+                        proxy.closed_first_by_broker() - before,
+                        2,
+                        "probe {probe}, run {run}: the broker closes the purge connection and \
+                         the real one first ({} closed first by the client so far)",
+                        proxy.closed_first_by_client()
+                    );
+                }
+                assert_eq!(proxy.closed_first_by_client(), 0);
+            })
+        })
+        .collect();
+    for probe in probes {
+        probe.join().expect("every probe passes");
+    }
+}

@@ -67,6 +67,14 @@ pub fn run(
     settings: impl FnOnce(&Config) -> ExaminerSettings,
     noise: Vec<Noise>,
 ) -> Outcome {
+    // EXAMINER_LOG=mqtt_responder=debug shows the examiner's side of a failing exchange (the
+    // daemon's log is in the failure message already).
+    if let Ok(filter) = std::env::var("EXAMINER_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), config_toml);
     let (cfg, _) = config::load(&path).expect("test config is valid");

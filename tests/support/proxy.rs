@@ -11,9 +11,14 @@
 //!   every socket open (a half-open link: nothing arrives, nothing fails), until
 //!   [`forward`](Proxy::forward), which lets the held bytes through again.
 //!
-//! It counts the connections it accepted ([`accepted`](Proxy::accepted)). Every loop is
+//! It counts the connections it accepted ([`accepted`](Proxy::accepted)) and, for those that
+//! ended by end of stream, which side closed first ([`closed_first_by_client`] and
+//! [`closed_first_by_broker`]). Every loop is
 //! bounded in time ([`LIFETIME`]) and paced by short socket timeouts; dropping the proxy
 //! stops it, closes every socket and joins every thread.
+//!
+//! [`closed_first_by_client`]: Proxy::closed_first_by_client
+//! [`closed_first_by_broker`]: Proxy::closed_first_by_broker
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -78,7 +83,17 @@ struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
     refused: AtomicUsize,
+    /// Connections whose first end of stream came from the client / from the broker.
+    client_closed_first: AtomicUsize,
+    broker_closed_first: AtomicUsize,
     conns: Mutex<Vec<Conn>>,
+}
+
+/// The side a pump reads from.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Broker,
 }
 
 impl Shared {
@@ -112,6 +127,8 @@ impl Proxy {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            client_closed_first: AtomicUsize::new(0),
+            broker_closed_first: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
         });
         let acceptor = {
@@ -141,6 +158,16 @@ impl Proxy {
     /// Connections accepted and closed at once because the proxy was refusing.
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended with the client closing first (not cut by the proxy).
+    pub fn closed_first_by_client(&self) -> usize {
+        self.shared.client_closed_first.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended with the broker closing first (not cut by the proxy).
+    pub fn closed_first_by_broker(&self) -> usize {
+        self.shared.broker_closed_first.load(Ordering::SeqCst)
     }
 
     /// Connections currently open through the proxy.
@@ -252,17 +279,19 @@ fn handle_new(client: TcpStream, shared: &Arc<Shared>) {
         let _ = s.set_write_timeout(Some(UPSTREAM_TIMEOUT));
     }
     let cut = Arc::new(AtomicBool::new(false));
-    let spawn = |from: TcpStream, to: TcpStream, name: &str| {
+    let ended = Arc::new(AtomicBool::new(false));
+    let spawn = |from: TcpStream, to: TcpStream, side: Side, name: &str| {
         let shared = Arc::clone(shared);
         let cut = Arc::clone(&cut);
+        let ended = Arc::clone(&ended);
         thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || pump(from, to, &shared, &cut))
+            .spawn(move || pump(from, to, side, &shared, &cut, &ended))
             .expect("spawn a proxy pump")
     };
     let pumps = vec![
-        spawn(c2, upstream, "proxy-up"),
-        spawn(u2, client, "proxy-down"),
+        spawn(c2, upstream, Side::Client, "proxy-up"),
+        spawn(u2, client, Side::Broker, "proxy-down"),
     ];
     shared.conns.lock().expect("proxy lock").push(Conn {
         client: c3,
@@ -273,8 +302,16 @@ fn handle_new(client: TcpStream, shared: &Arc<Shared>) {
 }
 
 /// Copies `from` → `to` while forwarding; holds still in a black hole; on end of stream,
-/// an error or a cut, closes both sockets so the other direction ends too.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, cut: &AtomicBool) {
+/// an error or a cut, closes both sockets so the other direction ends too. The first of a
+/// connection's two pumps to end (`ended`) counts an end of stream for its `side`.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    side: Side,
+    shared: &Shared,
+    cut: &AtomicBool,
+    ended: &AtomicBool,
+) {
     let deadline = Instant::now() + LIFETIME;
     let mut buf = vec![0u8; 16 * 1024];
     for _ in 0..MAX_READS {
@@ -290,7 +327,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, cut: &AtomicBoo
             continue;
         }
         match from.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => {
+                if !cut.load(Ordering::SeqCst) && !ended.swap(true, Ordering::SeqCst) {
+                    match side {
+                        Side::Client => &shared.client_closed_first,
+                        Side::Broker => &shared.broker_closed_first,
+                    }
+                    .fetch_add(1, Ordering::SeqCst);
+                }
+                break;
+            }
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
@@ -300,6 +346,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, cut: &AtomicBoo
             Err(_) => break,
         }
     }
+    ended.store(true, Ordering::SeqCst);
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
