@@ -24,6 +24,9 @@ use crate::transport::Endpoint;
 /// restart.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 
+/// How long the examiner waits for a CONNACK before it tries again.
+pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Without any connection for this long, the examination gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
@@ -222,14 +225,8 @@ pub async fn examine(
     // Bounded: each connected stretch ends the run or counts a loss (and the examination's
     // timeout bounds those); offline stretches are bounded by GIVE_UP_AFTER.
     loop {
-        let end = driver::open_and_run(
-            endpoint,
-            &mut session,
-            &mut app,
-            Duration::from_secs(10),
-            &never,
-        )
-        .await;
+        let end =
+            driver::open_and_run(endpoint, &mut session, &mut app, CONNACK_TIMEOUT, &never).await;
         let failure = match end {
             End::Disconnected => break,
             // open_and_run carries a purge through to the real connection.

@@ -97,10 +97,15 @@ pub fn run(
         let peer = tokio::task::spawn_local(async move {
             examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("the examiner subscribes to logins within 10 s")
-            .expect("the examiner reports readiness");
+        // Room for one CONNECT the broker never answers: the examiner tries again after
+        // its CONNACK timeout, and that is the broker's fault, not the daemon's.
+        tokio::time::timeout(
+            2 * examine::CONNACK_TIMEOUT + Duration::from_secs(5),
+            ready_rx,
+        )
+        .await
+        .expect("the examiner subscribes to logins in time")
+        .expect("the examiner reports readiness");
         let started = Instant::now();
         let child = spawn_daemon(&path, dir.path());
         let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)
