@@ -881,6 +881,7 @@ impl App for ResponderApp {
                         .handle_request(message.id, &p.topic, &p.payload, &response, now);
                 }
             }
+            Event::Oversized { topic, size } => self.responder.handle_oversized(&topic, size),
             Event::Delivered(token) => self.reply_done(token, true, session, now),
             Event::Rejected(token, reason) => {
                 tracing::error!("the broker did not accept a reply: {reason}; counted as failed");

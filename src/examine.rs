@@ -458,6 +458,9 @@ impl App for Fleet<'_> {
             Event::Rejected(_, reason) => {
                 tracing::warn!("the broker did not accept an examiner publish: {reason}")
             }
+            Event::Oversized { topic, size } => {
+                tracing::warn!(%topic, "skipped a {size}-byte message: too large to examine");
+            }
             Event::Delivered(_)
             | Event::BrokerDisconnect { .. }
             | Event::Refused(_)

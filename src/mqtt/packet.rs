@@ -236,6 +236,93 @@ pub enum Packet {
     Auth,
 }
 
+/// What an oversized PUBLISH says before its payload: enough to acknowledge it and to
+/// skip the rest without holding it in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishHead {
+    /// The whole frame, fixed header included.
+    pub frame_len: usize,
+    /// Topic name.
+    pub topic: String,
+    /// QoS.
+    pub qos: QoS,
+    /// Packet id (0 at QoS 0).
+    pub pkid: u16,
+    /// Redelivery flag.
+    pub dup: bool,
+}
+
+impl PublishHead {
+    /// Reads the head of the MQTT 3.1.1 PUBLISH at the start of `buf` without consuming
+    /// anything: `Ok(None)` until the topic and packet id have arrived, `Ok(Some(head))`
+    /// then; an error when `buf` does not start with a well-formed PUBLISH head.
+    pub fn read_v311(buf: &[u8]) -> Result<Option<PublishHead>, CodecError> {
+        let malformed = |why: &str| Err(CodecError::Malformed(format!("PUBLISH {why}")));
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if first >> 4 != 3 {
+            return malformed("expected");
+        }
+        let qos = match (first >> 1) & 0b11 {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            _ => return malformed("with QoS 3"),
+        };
+        // Remaining length: at most four bytes of seven bits each.
+        let mut remaining = 0usize;
+        let mut header_len = 1;
+        loop {
+            let Some(&byte) = buf.get(header_len) else {
+                return Ok(None);
+            };
+            remaining |= usize::from(byte & 0x7f) << (7 * (header_len - 1));
+            header_len += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            if header_len > 4 {
+                return malformed("with a remaining length over four bytes");
+            }
+        }
+        let body = &buf[header_len..];
+        let Some(topic_len) = body
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return Ok(None);
+        };
+        let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+        if 2 + topic_len + pkid_len > remaining {
+            return malformed("shorter than its topic");
+        }
+        let Some(topic) = body.get(2..2 + topic_len) else {
+            return Ok(None);
+        };
+        let pkid = match qos {
+            QoS::AtMostOnce => 0,
+            _ => match body.get(2 + topic_len..4 + topic_len) {
+                Some(b) => u16::from_be_bytes([b[0], b[1]]),
+                None => return Ok(None),
+            },
+        };
+        if qos != QoS::AtMostOnce && pkid == 0 {
+            return malformed("with packet id 0");
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return malformed("topic is not UTF-8");
+        };
+        Ok(Some(PublishHead {
+            frame_len: header_len + remaining,
+            topic: topic.to_owned(),
+            qos,
+            pkid,
+            dup: first & 0b1000 != 0,
+        }))
+    }
+}
+
 /// Why bytes could not be decoded or a packet not encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

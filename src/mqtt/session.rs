@@ -12,10 +12,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::packet::{
-    BrokerCaps, CodecError, ConnAck, Connect, ConnectCode, Packet, Protocol, Publish, QoS, Will,
+    BrokerCaps, CodecError, ConnAck, Connect, ConnectCode, Packet, Protocol, Publish, PublishHead,
+    QoS, Will,
 };
 use crate::config::Secret;
 use crate::fasthash::FastMap;
@@ -87,6 +88,16 @@ pub enum Event {
     },
     /// A new message (never a redelivery of one already surfaced).
     Message(Message),
+    /// MQTT 3.1.1: a PUBLISH larger than `max_incoming_packet` arrived. It was acknowledged
+    /// and its bytes skipped: a 3.1.1 broker cannot be told our limit, and a connection
+    /// error would only bring the same message back on every reconnect. (MQTT 5 announces
+    /// the limit in CONNECT; a larger packet there is a protocol error.)
+    Oversized {
+        /// Its topic.
+        topic: String,
+        /// The whole packet's size in bytes.
+        size: usize,
+    },
     /// An outgoing publish is complete at its QoS (QoS 0: written).
     Delivered(PublishToken),
     /// An outgoing publish was not taken by the broker (MQTT 5 failure reason, or larger
@@ -194,6 +205,8 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// Something a crash-resume snapshot holds changed since [`Session::take_dirty`].
     dirty: bool,
+    /// Bytes of an oversized PUBLISH still to be discarded as they arrive.
+    skipping: usize,
 }
 
 impl Session {
@@ -221,12 +234,14 @@ impl Session {
             last_received: now,
             ping_sent: None,
             dirty: false,
+            skipping: 0,
         }
     }
 
     /// A transport is up: write CONNECT.
     pub fn handle_transport_up(&mut self, now: Instant) {
         self.transmit.clear();
+        self.skipping = 0;
         self.link = Link::AwaitingConnAck;
         self.keep_alive = self.config.keep_alive;
         let v311 = self.config.protocol == Protocol::V311;
@@ -266,16 +281,53 @@ impl Session {
     /// Feeds received bytes; complete packets are consumed from `buf`.
     pub fn handle_bytes(&mut self, buf: &mut BytesMut, now: Instant) -> Result<(), SessionError> {
         loop {
+            if self.skipping > 0 {
+                let n = self.skipping.min(buf.len());
+                buf.advance(n);
+                self.skipping -= n;
+                self.last_received = now;
+                if self.skipping > 0 {
+                    return Ok(());
+                }
+            }
             let packet =
                 match Packet::read(self.config.protocol, buf, self.config.max_incoming_packet) {
                     Ok(p) => p,
                     Err(CodecError::Incomplete) => return Ok(()),
+                    Err(CodecError::TooLarge { .. }) if self.config.protocol == Protocol::V311 => {
+                        let Some(head) = PublishHead::read_v311(buf)? else {
+                            return Ok(());
+                        };
+                        self.last_received = now;
+                        self.ping_sent = None;
+                        self.skip_publish(buf, head, now);
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 };
             self.last_received = now;
             self.ping_sent = None;
             self.handle_packet(packet, now)?;
         }
+    }
+
+    /// See [`Event::Oversized`]: acknowledges the PUBLISH `head` describes and discards its
+    /// bytes, those in `buf` now and the rest as they arrive.
+    fn skip_publish(&mut self, buf: &mut BytesMut, head: PublishHead, now: Instant) {
+        let n = head.frame_len.min(buf.len());
+        buf.advance(n);
+        self.skipping = head.frame_len - n;
+        let PublishHead {
+            frame_len: size,
+            topic,
+            qos,
+            pkid,
+            dup,
+        } = head;
+        self.surface(qos, pkid, dup, true, now, |_| Event::Oversized {
+            topic,
+            size,
+        });
     }
 
     /// Queues a publish; it is sent when connected and the window has room.
@@ -714,12 +766,28 @@ impl Session {
     }
 
     fn handle_publish(&mut self, publish: Publish, now: Instant) {
+        let (qos, pkid, dup) = (publish.qos, publish.pkid, publish.dup);
+        let ack_now = !self.config.manual_acks;
+        self.surface(qos, pkid, dup, ack_now, now, |id| {
+            Event::Message(Message { id, publish })
+        });
+    }
+
+    /// Surfaces an inbound PUBLISH as `event` unless it is a redelivery of one already
+    /// surfaced; acknowledges it at once when `ack_now`, else when the app calls `ack`.
+    fn surface(
+        &mut self,
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+        ack_now: bool,
+        now: Instant,
+        event: impl FnOnce(MessageId) -> Event,
+    ) {
         self.dirty = true;
-        let pkid = publish.pkid;
-        if publish.qos == QoS::AtMostOnce {
+        if qos == QoS::AtMostOnce {
             let id = self.next_message_id();
-            self.events
-                .push_back(Event::Message(Message { id, publish }));
+            self.events.push_back(event(id));
             return;
         }
         if let Some(entry) = self.inbound.get(&pkid) {
@@ -727,7 +795,7 @@ impl Session {
             match entry.state {
                 InState::Unacked => {}
                 InState::AckOwed | InState::AwaitRel => self.send_inbound_ack(pkid, now),
-                InState::AckedOnResume if publish.dup => self.send(
+                InState::AckedOnResume if dup => self.send(
                     &Packet::PubAck {
                         pkid,
                         failure: None,
@@ -749,14 +817,13 @@ impl Session {
             pkid,
             InFlight {
                 id,
-                qos: publish.qos,
+                qos,
                 state: InState::Unacked,
             },
         );
         self.inbound_ids.insert(id, pkid);
-        self.events
-            .push_back(Event::Message(Message { id, publish }));
-        if !self.config.manual_acks {
+        self.events.push_back(event(id));
+        if ack_now {
             self.ack(id, now);
         }
     }
@@ -2142,15 +2209,109 @@ mod tests {
         );
     }
 
+    /// The bytes of 3.1.1 broker packets, back to back.
+    fn wire4(packets: Vec<b4::Packet>) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        for p in packets {
+            p.write(&mut buf, MAX).expect("broker packet encodes");
+        }
+        buf.to_vec()
+    }
+
+    /// Feeds `bytes` in `chunk`-byte reads, as a slow link delivers them.
+    fn feed_chunked(s: &mut Session, bytes: &[u8], chunk: usize, now: Instant) {
+        let mut buf = BytesMut::new();
+        for piece in bytes.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            s.handle_bytes(&mut buf, now).expect("no connection error");
+        }
+        assert!(buf.is_empty(), "every byte consumed or skipped");
+    }
+
     #[test]
-    fn oversized_incoming_packet_is_an_error() {
+    fn oversized_v311_publish_is_acked_skipped_and_the_stream_goes_on() {
         let t0 = Instant::now();
         let mut config = cfg(Protocol::V311);
         config.max_incoming_packet = 64;
+        let big = "x".repeat(1000);
+        let bytes = wire4(vec![
+            inbound4(1, Q4::AtLeastOnce, false, &big),
+            inbound4(2, Q4::AtLeastOnce, false, "CMD1"),
+            inbound4(0, Q4::AtMostOnce, false, &big),
+        ]);
+        let frame = 2 + 2 + "cmd/u/1".len() + 2 + big.len() + 1; // two length bytes
+        for chunk in [1, 7, 100, bytes.len()] {
+            let mut s = online4(config.clone(), t0);
+            feed_chunked(&mut s, &bytes, chunk, t0);
+            let evs = events(&mut s);
+            assert_eq!(evs.len(), 3, "chunk {chunk}: {evs:?}");
+            let oversized = Event::Oversized {
+                topic: "cmd/u/1".into(),
+                size: frame,
+            };
+            assert_eq!(evs[0], oversized, "chunk {chunk}");
+            assert!(
+                matches!(&evs[1], Event::Message(m) if m.publish.payload == "CMD1"),
+                "chunk {chunk}: {evs:?}"
+            );
+            assert!(matches!(&evs[2], Event::Oversized { .. }), "chunk {chunk}");
+            // Acknowledged at once (it will never be answered); the small one waits for
+            // the application as usual.
+            assert_eq!(
+                sent4(&mut s),
+                vec![b4::Packet::PubAck(b4::PubAck::new(1))],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_v311_qos2_publish_completes_once_despite_redelivery() {
+        let t0 = Instant::now();
+        let mut config = cfg(Protocol::V311);
+        config.max_incoming_packet = 64;
+        let big = "y".repeat(500);
         let mut s = online4(config, t0);
-        let err = feed4(
+        feed_chunked(
             &mut s,
-            inbound4(1, Q4::AtLeastOnce, false, &"x".repeat(100)),
+            &wire4(vec![inbound4(7, Q4::ExactlyOnce, false, &big)]),
+            33,
+            t0,
+        );
+        assert!(matches!(
+            events(&mut s).as_slice(),
+            [Event::Oversized { .. }]
+        ));
+        assert_eq!(sent4(&mut s), vec![b4::Packet::PubRec(b4::PubRec::new(7))]);
+        // The broker did not see our PUBREC yet and sends it again.
+        feed_chunked(
+            &mut s,
+            &wire4(vec![inbound4(7, Q4::ExactlyOnce, true, &big)]),
+            64,
+            t0,
+        );
+        assert!(
+            events(&mut s).is_empty(),
+            "a redelivery is not surfaced again"
+        );
+        assert_eq!(sent4(&mut s), vec![b4::Packet::PubRec(b4::PubRec::new(7))]);
+        feed4(&mut s, b4::Packet::PubRel(b4::PubRel::new(7)), t0).unwrap();
+        assert_eq!(
+            sent4(&mut s),
+            vec![b4::Packet::PubComp(b4::PubComp::new(7))]
+        );
+    }
+
+    #[test]
+    fn oversized_v5_packet_is_an_error() {
+        // MQTT 5 announced the limit in CONNECT: a larger packet is a protocol error.
+        let t0 = Instant::now();
+        let mut config = cfg(Protocol::V5);
+        config.max_incoming_packet = 64;
+        let mut s = online5(config, None, t0);
+        let err = feed5(
+            &mut s,
+            inbound5(1, Q5::AtLeastOnce, false, &"x".repeat(100)),
             t0,
         )
         .unwrap_err();
@@ -2158,6 +2319,30 @@ mod tests {
             matches!(err, SessionError::Codec(CodecError::TooLarge { .. })),
             "{err}"
         );
+    }
+
+    #[test]
+    fn oversized_v311_packet_that_is_no_proper_publish_is_an_error() {
+        let t0 = Instant::now();
+        let mut config = cfg(Protocol::V311);
+        config.max_incoming_packet = 64;
+        let body = |first: u8, rest: &[u8]| {
+            let mut b = vec![first, 0xC8, 0x01]; // remaining length 200
+            b.extend_from_slice(rest);
+            b
+        };
+        for (what, bytes) in [
+            ("a SUBACK", body(0x90, &[0, 1, 0])),
+            ("QoS 3", body(0x36, &[0, 1, b'a', 0, 1])),
+            ("packet id 0", body(0x32, &[0, 1, b'a', 0, 0])),
+            ("a topic past the packet", body(0x32, &[0xFF, 0xFF])),
+            ("a non-UTF-8 topic", body(0x30, &[0, 1, 0xFF])),
+        ] {
+            let mut s = online4(config.clone(), t0);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let err = s.handle_bytes(&mut buf, t0).unwrap_err();
+            assert!(matches!(err, SessionError::Codec(_)), "{what}: {err}");
+        }
     }
 
     // --- broker DISCONNECT ---

@@ -465,6 +465,27 @@ impl Responder {
         }
     }
 
+    /// A message too large to be read at all (see the session's `Event::Oversized`; it is
+    /// acknowledged already): dropped and counted like an oversized payload.
+    pub fn handle_oversized(&mut self, topic: &str, size: usize) {
+        let on_commands = self
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.command_topic == topic);
+        if on_commands {
+            self.stats.dropped += 1;
+            warn!(
+                "dropping a command: a {size}-byte packet, more than max_payload_bytes = {} allows",
+                self.max_payload_bytes
+            );
+        } else if topic == self.uuid_topic {
+            warn!("ignoring an invalid UUID: a {size}-byte packet");
+        } else {
+            self.stats.unexpected += 1;
+            debug!(mqtt_topic = %Shown(topic.as_bytes()), "ignoring a message on an unexpected topic");
+        }
+    }
+
     /// The reply to `id` was acknowledged by the broker at its QoS (QoS 0: written).
     pub fn handle_delivered(&mut self, id: MessageId, now: Instant) {
         let _ = now;
@@ -1544,6 +1565,21 @@ mod tests {
             [reply("12345678", "UNKNOWN", 9, QoS::ExactlyOnce)]
         );
         assert_eq!(r.stats().dropped, 3);
+    }
+
+    #[test]
+    fn messages_too_large_to_read_are_counted_without_actions() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_oversized(UUID, 200_000);
+        r.handle_oversized("somewhere/else", 200_000);
+        let uuid_topic = r.uuid_topic.clone();
+        r.handle_oversized(&uuid_topic, 300);
+        // The session acknowledged them already; nothing to publish or acknowledge.
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.stats().dropped, 1);
+        assert_eq!(r.stats().unexpected, 1);
+        assert_eq!(r.phase(), Phase::Answering);
     }
 
     #[test]
