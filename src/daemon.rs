@@ -173,6 +173,7 @@ pub async fn run(
                     Some(&ops.reload),
                 )
                 .await;
+                app.sync_journal();
                 let disconnect_reason = app.broker_disconnect_reason.take();
                 match end {
                     End::Disconnected => {
@@ -412,9 +413,21 @@ impl Journal {
         }
     }
 
-    fn clear(&self) {
+    fn clear(&mut self) {
         if let Err(e) = self.file.clear() {
             tracing::error!("cannot remove the state file: {e}; the next run may resume this one");
+        }
+    }
+
+    /// Carries out an fsync a throttled save left owed.
+    fn sync(&mut self) {
+        if let Err(e) = self.file.sync() {
+            if !std::mem::replace(&mut self.failing, true) {
+                tracing::error!(
+                    "cannot sync the state file: {e}; answering on, but a power loss now \
+                     would not resume this run"
+                );
+            }
         }
     }
 }
@@ -560,11 +573,20 @@ impl ResponderApp {
     /// it, so the next run resumes.
     fn finish_journal(&mut self, outcome: Outcome, session: &mut Session) {
         if outcome == Outcome::Completed {
-            if let Some(journal) = &self.journal {
+            if let Some(journal) = &mut self.journal {
                 journal.clear();
             }
         } else {
             self.persist(session);
+            self.sync_journal();
+        }
+    }
+
+    /// An fsync a throttled save left owed, now: the session state is settled while there
+    /// is no connection, and the process may be about to end.
+    fn sync_journal(&mut self) {
+        if let Some(journal) = &mut self.journal {
+            journal.sync();
         }
     }
 
@@ -910,6 +932,7 @@ impl App for ResponderApp {
             self.stop_deadline,
             self.notifier.poll_timeout(),
             self.presence.as_ref().and_then(Presence::poll_timeout),
+            self.journal.as_ref().and_then(|j| j.file.sync_due()),
         ]
         .into_iter()
         .flatten()
@@ -918,6 +941,11 @@ impl App for ResponderApp {
 
     fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
         self.notifier.handle_timeout(now);
+        if let Some(journal) = &mut self.journal
+            && journal.file.sync_due().is_some_and(|due| now >= due)
+        {
+            journal.sync();
+        }
         if let Some(deadline) = self.stop_deadline
             && now >= deadline
         {

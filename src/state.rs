@@ -4,7 +4,9 @@
 //! One small JSON document under `session.state_dir`, replaced atomically (write a temporary
 //! file, rename it over the old one). The daemon saves it before it writes the packets a
 //! change guards, so the file always runs ahead of the wire; a plain write survives SIGKILL,
-//! and the file is fsynced at most once a second, which bounds what power loss can undo.
+//! and the file is fsynced at most once a second: a save that skipped the fsync leaves one
+//! due ([`StateFile::sync_due`]) that the daemon's timer carries out, so power loss can undo
+//! at most the last second, also when the run goes quiet right after it.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -80,6 +82,8 @@ pub struct StateFile {
     path: PathBuf,
     tmp: PathBuf,
     last_sync: Option<Instant>,
+    /// The file on disk was replaced without an fsync since the last one.
+    unsynced: bool,
 }
 
 impl StateFile {
@@ -89,6 +93,7 @@ impl StateFile {
             path: dir.join("state.json"),
             tmp: dir.join("state.json.tmp"),
             last_sync: None,
+            unsynced: false,
         }
     }
 
@@ -132,24 +137,54 @@ impl StateFile {
         drop(file);
         fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
         if sync {
-            if let Some(dir) = self.path.parent() {
-                // The rename itself reaches the disk with the directory.
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| self.io(e))?;
-            }
+            self.sync_dir()?;
             self.last_sync = Some(Instant::now());
         }
+        self.unsynced = !sync;
         Ok(())
     }
 
-    /// Removes the file: the next run starts fresh.
-    pub fn clear(&self) -> Result<(), StateError> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io(e)),
+    /// When the fsync a throttled save skipped is due; `None` when the disk is current.
+    pub fn sync_due(&self) -> Option<Instant> {
+        self.unsynced.then(|| {
+            self.last_sync
+                .map_or_else(Instant::now, |t| t + SYNC_INTERVAL)
+        })
+    }
+
+    /// Carries out the fsync a throttled save skipped (nothing when none is owed).
+    pub fn sync(&mut self) -> Result<(), StateError> {
+        if !self.unsynced {
+            return Ok(());
         }
+        File::open(&self.path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| self.io(e))?;
+        self.sync_dir()?;
+        self.last_sync = Some(Instant::now());
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// The rename (or removal) itself reaches the disk with the directory.
+    fn sync_dir(&self) -> Result<(), StateError> {
+        match self.path.parent() {
+            Some(dir) => File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the file, durably: the next run starts fresh, also after a power loss.
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io(e)),
+        }
+        self.unsynced = false;
+        self.sync_dir()
     }
 
     fn io(&self, source: io::Error) -> StateError {
@@ -226,8 +261,21 @@ mod tests {
         let mut file = StateFile::new(dir.path());
         assert!(file.load().unwrap().is_none());
         let state = state();
+        let before = Instant::now();
         file.save(&state).unwrap();
+        assert_eq!(file.sync_due(), None, "the first save is fsynced at once");
         file.save(&state).unwrap();
+        // The second, within the second, is not: its fsync is due a second after the first
+        // (unless this machine took a whole second between the two).
+        if before.elapsed() < SYNC_INTERVAL {
+            let due = file
+                .sync_due()
+                .expect("a throttled save leaves an fsync due");
+            assert!(due >= before + SYNC_INTERVAL && due <= Instant::now() + SYNC_INTERVAL);
+        }
+        file.sync().unwrap();
+        assert_eq!(file.sync_due(), None);
+        file.sync().unwrap();
         assert_eq!(file.load().unwrap(), Some(state));
         assert!(!dir.path().join("state.json.tmp").exists());
         file.clear().unwrap();
