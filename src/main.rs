@@ -104,23 +104,28 @@ fn run(config: &Config, logging: logging::Logging) -> ExitCode {
 
 /// SIGTERM and SIGINT cancel `shutdown`; the daemon then drains and disconnects. SIGHUP
 /// notifies `ops.reload`, which the daemon's event loop picks up (several SIGHUPs before it
-/// does make one reload).
+/// does make one reload). A second SIGTERM/SIGINT changes nothing: the drain is bounded.
 fn watch_signals(shutdown: CancellationToken, ops: Arc<daemon::Ops>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    use futures_util::StreamExt;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-            _ = int.recv() => tracing::info!("SIGINT received; stopping"),
-        }
-        shutdown.cancel();
-    });
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received; reloading the configuration");
-            ops.reload.notify_one();
+        while let Some(signal) = signals.next().await {
+            match signal {
+                SIGHUP => {
+                    tracing::info!("SIGHUP received; reloading the configuration");
+                    ops.reload.notify_one();
+                }
+                _ if shutdown.is_cancelled() => {}
+                SIGTERM => {
+                    tracing::info!("SIGTERM received; stopping");
+                    shutdown.cancel();
+                }
+                _ => {
+                    tracing::info!("SIGINT received; stopping");
+                    shutdown.cancel();
+                }
+            }
         }
     });
     Ok(())
