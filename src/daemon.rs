@@ -461,6 +461,8 @@ struct ResponderApp {
     will_retained: bool,
     /// Reason code of a DISCONNECT the broker sent on the current connection.
     broker_disconnect_reason: Option<u8>,
+    /// READY=1 is due once the pending packets (the login) are written.
+    ready_owed: bool,
     /// The crash-resume state file, when `session.state_dir` is set.
     journal: Option<Journal>,
     /// State from a previous process, until the broker confirms it kept the session.
@@ -497,6 +499,7 @@ impl ResponderApp {
             started: now,
             will_retained: true,
             broker_disconnect_reason: None,
+            ready_owed: false,
             journal: None,
             restored: false,
         }
@@ -708,16 +711,17 @@ impl ResponderApp {
             Phase::Disconnected => {}
             Phase::SubscribingUuid => n.status("connected; subscribing to the UUID topic", now),
             Phase::WaitingForUuid => {
-                // Connected, subscribed, logged in: ready. The peer may take its time.
-                n.ready();
+                // Connected, subscribed, logged in (once the login is written: see
+                // after_transmit): ready. The peer may take its time.
+                self.ready_owed = true;
                 n.status("waiting for UUID", now);
             }
             Phase::SubscribingCommands => {
-                n.ready();
+                self.ready_owed = true;
                 n.status("subscribing to the command topic", now);
             }
             Phase::Answering => {
-                n.ready();
+                self.ready_owed = true;
                 let responder = &self.responder;
                 n.status_throttled(now, || {
                     let answered: u64 = responder.stats().answered.iter().map(|(_, c)| c).sum();
@@ -998,6 +1002,12 @@ impl App for ResponderApp {
 
     fn before_transmit(&mut self, session: &mut Session) {
         self.persist(session);
+    }
+
+    fn after_transmit(&mut self) {
+        if std::mem::take(&mut self.ready_owed) {
+            self.notifier.ready();
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub trait App {
     fn before_transmit(&mut self, session: &mut Session) {
         let _ = session;
     }
+    /// Called once the session's pending bytes are written: the place to announce what
+    /// those packets achieve (systemd's READY=1 after the login is on the wire).
+    fn after_transmit(&mut self) {}
     /// SIGHUP: reload what can be reloaded without touching the connection.
     fn handle_reload(&mut self, session: &mut Session, now: Instant) {
         let _ = (session, now);
@@ -148,6 +151,7 @@ pub async fn run_connection_with_reload(
                 };
             }
         }
+        app.after_transmit();
         if app.wants_disconnect() {
             close_after_disconnect(&mut stream).await;
             session.handle_transport_down();
