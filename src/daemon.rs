@@ -678,8 +678,12 @@ impl ResponderApp {
         match &mut self.presence {
             Some(presence) if session.is_connected() => {
                 self.farewell = Some(session.publish(presence.offline(why), now));
-                let bound = self.stop_deadline.unwrap_or(now + self.drain_timeout);
-                self.stop_deadline = Some(bound.max(now + FAREWELL_MIN));
+                // A stop keeps the deadline SIGTERM set; otherwise the record gets the drain
+                // timeout, and at least FAREWELL_MIN.
+                let bound = self
+                    .stop_deadline
+                    .unwrap_or((now + self.drain_timeout).max(now + FAREWELL_MIN));
+                self.stop_deadline = Some(bound);
             }
             _ => self.disconnect(session, now),
         }
@@ -994,6 +998,15 @@ impl App for ResponderApp {
 
     fn wants_disconnect(&self) -> bool {
         self.disconnect_sent
+    }
+
+    fn close_linger(&self, now: Instant) -> Duration {
+        // A stop is bounded by drain_timeout_secs, the wait for the broker's close included.
+        self.stop_deadline.map_or(driver::CLOSE_LINGER, |deadline| {
+            deadline
+                .saturating_duration_since(now)
+                .min(driver::CLOSE_LINGER)
+        })
     }
 
     fn handle_reload(&mut self, _session: &mut Session, _now: Instant) {

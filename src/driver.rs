@@ -15,7 +15,7 @@ use crate::mqtt::session::{Event, Session};
 use crate::transport::{BoxStream, Endpoint};
 
 /// How long, after our DISCONNECT, the broker has to close the connection before we do.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The protocol side of a connection.
 pub trait App {
@@ -29,6 +29,12 @@ pub trait App {
     fn handle_shutdown(&mut self, session: &mut Session, now: Instant);
     /// Whether the app has called `session.disconnect()` and the connection should close.
     fn wants_disconnect(&self) -> bool;
+    /// How long the broker may take to close the connection after our DISCONNECT (see
+    /// [`CLOSE_LINGER`]); an app with a deadline of its own passes what is left of it.
+    fn close_linger(&self, now: Instant) -> Duration {
+        let _ = now;
+        CLOSE_LINGER
+    }
     /// Called before the session's pending bytes are written: the place to save state
     /// that must reach the disk before the packets it guards reach the wire.
     fn before_transmit(&mut self, session: &mut Session) {
@@ -153,7 +159,7 @@ pub async fn run_connection_with_reload(
         }
         app.after_transmit();
         if app.wants_disconnect() {
-            close_after_disconnect(&mut stream).await;
+            close_after_disconnect(&mut stream, app.close_linger(Instant::now())).await;
             session.handle_transport_down();
             return End::Disconnected;
         }
@@ -226,7 +232,7 @@ pub async fn run_connection_with_reload(
                 while let Some(bytes) = session.poll_transmit() {
                     let _ = stream.write_all(&bytes).await;
                 }
-                close_after_disconnect(&mut stream).await;
+                close_after_disconnect(&mut stream, CLOSE_LINGER).await;
             }
             session.handle_transport_down();
             return end;
@@ -235,16 +241,16 @@ pub async fn run_connection_with_reload(
 }
 
 /// Flushes a DISCONNECT already written to `stream`, lets the broker close the connection
-/// first (bounded by [`CLOSE_LINGER`]), then shuts our side down (FIN; TLS: close_notify).
+/// first (for at most `linger`), then shuts our side down (FIN; TLS: close_notify).
 ///
 /// Closing first races the broker's own teardown. rumqttd 0.20 then handles the
 /// disconnect twice, the second time under a connection id it has already given to the
 /// next connection: with a 3.1.1 purge that is our own real connection, dropped right
 /// after its CONNACK. Waiting for the broker's close costs nothing with brokers that close
 /// at once (mosquitto, rumqttd, aedes).
-async fn close_after_disconnect(stream: &mut BoxStream) {
+async fn close_after_disconnect(stream: &mut BoxStream, linger: Duration) {
     let mut scratch = [0u8; 512];
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+    let _ = tokio::time::timeout(linger, async {
         stream.flush().await?;
         // Whatever still arrives is moot after our DISCONNECT; the timeout bounds the loop.
         while stream.read(&mut scratch).await? > 0 {}

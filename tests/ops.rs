@@ -714,3 +714,84 @@ fn presence_is_published_again_after_a_broker_restart() {
     let last = late.expect("retained record", |m| m.topic == status);
     assert_eq!(json(&last)["reason"], "completed");
 }
+
+/// Drain bound used by the stop tests below.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// SIGTERM or SIGINT with a reply in flight (the daemon sits behind a proxy that keeps what
+/// it sends, so the reply is certainly unacknowledged): no new work, the acknowledgement is
+/// awaited for at most `drain_timeout_secs`, then DISCONNECT and exit 0. `ack` lets the held
+/// bytes through after the signal; the daemon must then finish at once. Returns the log and
+/// the time from the signal to the exit.
+fn stop_with_a_reply_in_flight(broker: &Mosquitto, signal: &str, ack: bool) -> (String, Duration) {
+    let proxy = support::proxy::Proxy::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    let user = format!("ops-drain-{}", signal.to_lowercase());
+    let extra = format!("drain_timeout_secs = {}\n", DRAIN.as_secs());
+    let path = write_config(dir.path(), &config(proxy.port(), &user, &extra));
+    let mut peer = Peer::connect(broker.port(), &format!("peer-{user}"), None);
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let mut daemon = Daemon::spawn(&path, &[]);
+    hand_out_uuid(&mut peer, broker, mark, &user);
+    assert_eq!(peer.ask("CMD1"), "Apple");
+
+    proxy.hold_upstream();
+    let held = proxy.held_upstream();
+    peer.publish(UUID, "CMD2");
+    assert!(
+        wait_until(STEP, || proxy.held_upstream() > held),
+        "the daemon sent no reply to CMD2:\n{}",
+        daemon.log()
+    );
+    let signalled = Instant::now();
+    daemon.signal(signal);
+    daemon.wait_for_log(&format!(
+        "stopping: waiting up to {DRAIN:?} for 1 in-flight replies"
+    ));
+    if ack {
+        proxy.forward();
+    }
+    let code = daemon.exit_code();
+    let took = signalled.elapsed();
+    let log = daemon.log();
+    assert_eq!(code, Some(0), "{log}");
+    if ack {
+        assert_eq!(
+            peer.expect("reply to CMD2", |m| m.topic.ends_with("/CMD2"))
+                .payload,
+            "Cat"
+        );
+    }
+    (log, took)
+}
+
+#[test]
+fn sigterm_waits_for_the_reply_in_flight_and_exits_once_it_is_acknowledged() {
+    let broker = require_mosquitto!().start().unwrap();
+    let (log, took) = stop_with_a_reply_in_flight(&broker, "TERM", true);
+    assert!(!log.contains("still unacknowledged"), "{log}");
+    assert!(log.contains("summary: Stopped"), "{log}");
+    assert!(
+        took < DRAIN,
+        "took {took:?} although the reply was acknowledged:\n{log}"
+    );
+}
+
+#[test]
+fn sigint_gives_up_on_an_unacknowledged_reply_within_drain_timeout_secs() {
+    let broker = require_mosquitto!().start().unwrap();
+    let (log, took) = stop_with_a_reply_in_flight(&broker, "INT", false);
+    assert!(
+        log.contains(&format!(
+            "1 replies still unacknowledged after {DRAIN:?}; disconnecting anyway"
+        )),
+        "{log}"
+    );
+    // The bound holds the wait for the broker's close too (it gets what is left: nothing).
+    assert!(
+        took >= DRAIN && took < DRAIN + Duration::from_millis(800),
+        "took {took:?} for drain_timeout_secs = {}:\n{log}",
+        DRAIN.as_secs()
+    );
+}

@@ -9,7 +9,11 @@
 //!   [`forward`](Proxy::forward);
 //! * [`black_hole`](Proxy::black_hole): stop forwarding in both directions while keeping
 //!   every socket open (a half-open link: nothing arrives, nothing fails), until
-//!   [`forward`](Proxy::forward), which lets the held bytes through again.
+//!   [`forward`](Proxy::forward), which lets the held bytes through again;
+//! * [`hold_upstream`](Proxy::hold_upstream): keep what clients send (counted in
+//!   [`held_upstream`](Proxy::held_upstream)) while still forwarding what the broker sends,
+//!   so a client's publishes stay unacknowledged, until [`forward`](Proxy::forward) passes
+//!   them on.
 //!
 //! It counts the connections it accepted ([`accepted`](Proxy::accepted)) and, for those that
 //! ended by end of stream, which side closed first ([`closed_first_by_client`] and
@@ -49,6 +53,8 @@ pub enum Mode {
     Refuse = 1,
     /// Forward nothing, close nothing (new connections are accepted and held too).
     BlackHole = 2,
+    /// Read from clients and keep it; forward from the broker.
+    HoldUpstream = 3,
 }
 
 /// One proxied connection: handles to both sockets, for cutting it from outside.
@@ -83,6 +89,8 @@ struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
     refused: AtomicUsize,
+    /// Bytes read from clients and kept back in [`Mode::HoldUpstream`], in all.
+    held_upstream: AtomicUsize,
     /// Connections whose first end of stream came from the client / from the broker.
     client_closed_first: AtomicUsize,
     broker_closed_first: AtomicUsize,
@@ -101,6 +109,7 @@ impl Shared {
         match self.mode.load(Ordering::SeqCst) {
             1 => Mode::Refuse,
             2 => Mode::BlackHole,
+            3 => Mode::HoldUpstream,
             _ => Mode::Forward,
         }
     }
@@ -127,6 +136,7 @@ impl Proxy {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            held_upstream: AtomicUsize::new(0),
             client_closed_first: AtomicUsize::new(0),
             broker_closed_first: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
@@ -158,6 +168,18 @@ impl Proxy {
     /// Connections accepted and closed at once because the proxy was refusing.
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Keep what clients send (see the module documentation) until [`forward`](Self::forward).
+    pub fn hold_upstream(&self) {
+        self.shared
+            .mode
+            .store(Mode::HoldUpstream as u8, Ordering::SeqCst);
+    }
+
+    /// Bytes kept back from clients by [`hold_upstream`](Self::hold_upstream) so far.
+    pub fn held_upstream(&self) -> usize {
+        self.shared.held_upstream.load(Ordering::SeqCst)
     }
 
     /// Connections that ended with the client closing first (not cut by the proxy).
@@ -314,6 +336,8 @@ fn pump(
 ) {
     let deadline = Instant::now() + LIFETIME;
     let mut buf = vec![0u8; 16 * 1024];
+    // What HoldUpstream kept back from the client, passed on once forwarding again.
+    let mut held: Vec<u8> = Vec::new();
     for _ in 0..MAX_READS {
         if cut.load(Ordering::SeqCst)
             || shared.stop.load(Ordering::SeqCst)
@@ -321,10 +345,18 @@ fn pump(
         {
             break;
         }
-        if shared.mode() == Mode::BlackHole {
+        let mode = shared.mode();
+        if mode == Mode::BlackHole {
             // Not reading: the bytes wait in the kernel, the peer sees silence.
             thread::sleep(TICK);
             continue;
+        }
+        let holding = mode == Mode::HoldUpstream && matches!(side, Side::Client);
+        if !holding && !held.is_empty() {
+            if to.write_all(&held).is_err() {
+                break;
+            }
+            held.clear();
         }
         match from.read(&mut buf) {
             Ok(0) => {
@@ -336,6 +368,10 @@ fn pump(
                     .fetch_add(1, Ordering::SeqCst);
                 }
                 break;
+            }
+            Ok(n) if holding => {
+                held.extend_from_slice(&buf[..n]);
+                shared.held_upstream.fetch_add(n, Ordering::SeqCst);
             }
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
