@@ -438,8 +438,10 @@ struct ResponderApp {
     logging: Option<Logging>,
     notifier: Notifier,
     presence: Option<Presence>,
-    /// The online record sent on this connection carried the UUID.
-    online_with_uuid: bool,
+    /// What the online record last sent on this connection said of the UUID (known or
+    /// not) and the QoS; once the UUID is known, a record that no longer says what is so
+    /// is sent again at once.
+    online_said: Option<(bool, Option<QoS>)>,
     /// The offline record is on its way; DISCONNECT follows its acknowledgement.
     farewell: Option<PublishToken>,
     reconnects: u32,
@@ -478,7 +480,7 @@ impl ResponderApp {
             logging,
             notifier: Notifier::from_env(now),
             presence: Presence::new(&config.session),
-            online_with_uuid: false,
+            online_said: None,
             farewell: None,
             reconnects: 0,
             started: now,
@@ -574,7 +576,7 @@ impl ResponderApp {
         if let Some(presence) = &mut self.presence {
             presence.handle_disconnected();
         }
-        self.online_with_uuid = false;
+        self.online_said = None;
     }
 
     /// Waits for `fut` between connections (connecting, backing off) while still feeding
@@ -669,15 +671,17 @@ impl ResponderApp {
             && !finishing
         {
             let uuid = self.responder.uuid();
-            if presence.is_due(now) || (uuid.is_some() && !self.online_with_uuid) {
+            let qos = self.responder.known_qos();
+            if presence.is_due(now) || online_stale(self.online_said, uuid.is_some(), qos) {
                 let answered = self.responder.stats().answered.iter().map(|(_, n)| n).sum();
                 let snapshot = Snapshot {
                     uuid,
                     answered,
                     reconnects: self.reconnects,
                     uptime: now.saturating_duration_since(self.started),
+                    qos,
                 };
-                self.online_with_uuid = uuid.is_some();
+                self.online_said = Some((uuid.is_some(), qos));
                 session.publish(presence.online(snapshot, now), now);
             }
         }
@@ -846,7 +850,7 @@ impl App for ResponderApp {
                          presence is published without retain"
                     );
                 }
-                self.online_with_uuid = false;
+                self.online_said = None;
                 if std::mem::take(&mut self.restored) && !session_present {
                     // Resuming needs the broker's half of the session; without it the
                     // saved UUID leads nowhere.
@@ -973,6 +977,14 @@ impl App for ResponderApp {
     }
 }
 
+/// Whether the online record sent on this connection (`said`: UUID known, QoS) must be
+/// sent again now that the UUID is known or not and the QoS is `qos`. Before the UUID the
+/// login follows the SUBACK at once, so the record with the UUID is the one that first
+/// tells the QoS: no extra record for that.
+fn online_stale(said: Option<(bool, Option<QoS>)>, uuid_known: bool, qos: Option<QoS>) -> bool {
+    said.is_some_and(|(had_uuid, said_qos)| uuid_known && (!had_uuid || said_qos != qos))
+}
+
 /// A responder for `config` at the start of a run.
 fn fresh_responder(config: &Config) -> Responder {
     let mut responder = Responder::new(&config.session, &config.replies);
@@ -985,6 +997,29 @@ mod tests {
     use super::*;
 
     const SHORT: Option<Duration> = Some(Duration::from_millis(300));
+
+    #[test]
+    fn the_online_record_is_sent_again_when_the_uuid_or_then_the_qos_changes() {
+        let q = |n| Some(QoS::try_from(n).unwrap());
+        assert!(
+            !online_stale(None, true, q(2)),
+            "nothing sent: the refresh decides"
+        );
+        assert!(
+            !online_stale(Some((false, None)), false, q(2)),
+            "QoS alone waits"
+        );
+        assert!(
+            online_stale(Some((false, None)), true, q(2)),
+            "the UUID arrived"
+        );
+        assert!(!online_stale(Some((true, q(2))), true, q(2)));
+        assert!(
+            online_stale(Some((true, q(2))), true, q(1)),
+            "a SUBACK lowered it"
+        );
+        assert!(online_stale(Some((true, None)), true, q(0)), "now known");
+    }
 
     #[test]
     fn takeover_reported_once_after_three_broker_closes_in_a_row() {

@@ -38,6 +38,9 @@ pub struct Snapshot<'a> {
     pub reconnects: u32,
     /// Time since the daemon started.
     pub uptime: Duration,
+    /// The QoS replies go out at (configured, capped by the broker), once the broker has
+    /// told its caps; `None` (JSON `null`, like `uuid`) until then.
+    pub qos: Option<QoS>,
 }
 
 /// The presence record's state.
@@ -124,6 +127,7 @@ impl Presence {
             "answered": snapshot.answered,
             "reconnects": snapshot.reconnects,
             "uptime_secs": snapshot.uptime.as_secs(),
+            "qos": snapshot.qos.map(QoS::as_u8),
         });
         self.publish(record.to_string())
     }
@@ -188,6 +192,7 @@ mod tests {
             answered: 42,
             reconnects: 3,
             uptime: Duration::from_millis(7_900),
+            qos: Some(QoS::AtLeastOnce),
         };
         let online = p.online(snapshot, t);
         assert!(online.retain);
@@ -198,6 +203,7 @@ mod tests {
         assert_eq!(v["answered"], 42);
         assert_eq!(v["reconnects"], 3);
         assert_eq!(v["uptime_secs"], 7);
+        assert_eq!(v["qos"], 1);
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(60)));
         assert!(!p.is_due(t + Duration::from_secs(59)));
@@ -205,9 +211,15 @@ mod tests {
 
         let none = Snapshot {
             uuid: None,
+            qos: None,
             ..snapshot
         };
-        assert!(json(&p.online(none, t))["uuid"].is_null());
+        let v = json(&p.online(none, t));
+        assert!(v["uuid"].is_null(), "{v}");
+        assert!(
+            v["qos"].is_null(),
+            "before the broker's caps are known: {v}"
+        );
 
         let off = p.offline(Farewell::Completed);
         assert_eq!(
@@ -229,6 +241,7 @@ mod tests {
             answered: 0,
             reconnects: 0,
             uptime: Duration::ZERO,
+            qos: None,
         };
         let online = p.online(snapshot, t);
         assert!(!online.retain);
