@@ -14,10 +14,10 @@ use crate::config::{self, Config};
 use crate::driver::{self, App, End};
 use crate::fasthash::FastMap;
 use crate::logging::Logging;
-use crate::mqtt::QoS;
-use crate::mqtt::packet::{ConnectCode, Publish};
+use crate::mqtt::packet::{ConnectCode, Publish, WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use crate::mqtt::session::{Event, PublishToken, Session, SessionConfig};
-use crate::presence::{Farewell, Presence, Snapshot};
+use crate::mqtt::{Protocol, QoS};
+use crate::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
 use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::state::{RunState, SavedReply, StateFile};
@@ -43,9 +43,6 @@ const SESSION_TAKEN_OVER: u8 = 0x8E;
 /// Connections closed by the broker before [`STABLE_AFTER`], in a row, after which another
 /// client with the same id is the likely cause (3.1.1 brokers just close the socket).
 const TAKEOVER_SUSPECT_STREAK: u32 = 3;
-
-/// How the session layer names a CONNACK refusing a retained Will (MQTT 5 reason 0x9A).
-const RETAIN_REFUSED: &str = "retain not supported (Last Will)";
 
 /// What the operating-system edge hands the daemon besides the shutdown token.
 #[derive(Default)]
@@ -198,19 +195,12 @@ pub async fn run(
                         break Outcome::CredentialsRefused;
                     }
                     End::Refused(ConnectCode::Permanent(reason))
-                        if reason == RETAIN_REFUSED && app.will_retained =>
+                        if app
+                            .will_refused(will_trouble(reason), &mut session, &addr)
+                            .is_some() =>
                     {
-                        // MQTT 5 Retain Available = 0: the broker refuses a retained Will.
-                        tracing::info!(
-                            "broker {addr} does not keep retained messages; connecting again \
-                             with a Will that is not retained"
-                        );
-                        app.will_retained = false;
-                        let will = app.presence.as_ref().map(Presence::will).map(|mut w| {
-                            w.retain = false;
-                            w
-                        });
-                        session.set_will(will);
+                        // The broker refused our Will, not us: the next CONNECT carries one
+                        // it takes (presence.rs), at once.
                         continue;
                     }
                     End::Refused(ConnectCode::Permanent(reason)) => {
@@ -232,6 +222,17 @@ pub async fn run(
                         if app.stopping {
                             tracing::warn!("connection lost while stopping: {error}");
                             break Outcome::Stopped;
+                        }
+                        let refusal = (up_for.is_none()
+                            && closed_by_broker
+                            && broker.protocol == Protocol::V311
+                            && session.will_offered())
+                        .then_some(WillTrouble::ClosedWithoutConnAck);
+                        if app
+                            .will_refused(refusal, &mut session, &addr)
+                            .is_some_and(WillChange::reconnect_at_once)
+                        {
+                            continue;
                         }
                         match up_for {
                             Some(up) if up >= STABLE_AFTER => {
@@ -451,14 +452,14 @@ struct ResponderApp {
     logging: Option<Logging>,
     notifier: Notifier,
     presence: Option<Presence>,
-    /// The online record sent on this connection carried the UUID.
-    online_with_uuid: bool,
+    /// What the online record last sent on this connection said of the UUID (known or
+    /// not) and the QoS; once the UUID is known, a record that no longer says what is so
+    /// is sent again at once.
+    online_said: Option<(bool, Option<QoS>)>,
     /// The offline record is on its way; DISCONNECT follows its acknowledgement.
     farewell: Option<PublishToken>,
     reconnects: u32,
     started: Instant,
-    /// The Will in the CONNECT is retained (until a broker refuses that).
-    will_retained: bool,
     /// Reason code of a DISCONNECT the broker sent on the current connection.
     broker_disconnect_reason: Option<u8>,
     /// READY=1 is due once the pending packets (the login) are written.
@@ -493,11 +494,10 @@ impl ResponderApp {
             logging,
             notifier: Notifier::from_env(now),
             presence: Presence::new(&config.session),
-            online_with_uuid: false,
+            online_said: None,
             farewell: None,
             reconnects: 0,
             started: now,
-            will_retained: true,
             broker_disconnect_reason: None,
             ready_owed: false,
             journal: None,
@@ -593,13 +593,51 @@ impl ResponderApp {
         }
     }
 
+    /// A connection attempt ended with `trouble` (if any) before a CONNACK accepted it:
+    /// presence adapts the Will (presence.rs decides), the session's next CONNECT carries
+    /// the Will it wants now, and the change is logged.
+    fn will_refused(
+        &mut self,
+        trouble: Option<WillTrouble>,
+        session: &mut Session,
+        addr: &str,
+    ) -> Option<WillChange> {
+        let presence = self.presence.as_mut()?;
+        let change = presence.will_refused(trouble?)?;
+        let will = presence.will();
+        let qos = will.qos;
+        session.set_will(Some(will));
+        match change {
+            WillChange::NoRetain => tracing::info!(
+                "broker {addr} does not keep retained messages; connecting again with a Will \
+                 that is not retained"
+            ),
+            WillChange::Qos0 => tracing::warn!(
+                mqtt_topic = presence.topic(),
+                "broker {addr} does not support QoS 1 (CONNACK: QoS not supported, for the Last \
+                 Will); connecting again with the Will at QoS {qos}: presence goes out at \
+                 QoS {qos} for this run"
+            ),
+            WillChange::Qos0Guess => tracing::info!(
+                "broker {addr} closed the connection without a CONNACK, as an MQTT 3.1.1 \
+                 broker does when the Last Will's QoS is above its maximum (mosquitto \
+                 max_qos 0); connecting again at once with the Will at QoS {qos}"
+            ),
+            WillChange::GuessUndone => tracing::info!(
+                "broker {addr} closed the connection with the Will at QoS 0 as well: not the \
+                 Will's QoS; back to QoS {qos}"
+            ),
+        }
+        Some(change)
+    }
+
     fn handle_disconnected(&mut self, now: Instant) {
         self.subscriptions.clear();
         self.responder.handle_disconnected(now);
         if let Some(presence) = &mut self.presence {
             presence.handle_disconnected();
         }
-        self.online_with_uuid = false;
+        self.online_said = None;
     }
 
     /// Waits for `fut` between connections (connecting, backing off) while still feeding
@@ -698,15 +736,17 @@ impl ResponderApp {
             && !finishing
         {
             let uuid = self.responder.uuid();
-            if presence.is_due(now) || (uuid.is_some() && !self.online_with_uuid) {
+            let qos = self.responder.known_qos();
+            if presence.is_due(now) || online_stale(self.online_said, uuid.is_some(), qos) {
                 let answered = self.responder.stats().answered.iter().map(|(_, n)| n).sum();
                 let snapshot = Snapshot {
                     uuid,
                     answered,
                     reconnects: self.reconnects,
                     uptime: now.saturating_duration_since(self.started),
+                    qos,
                 };
-                self.online_with_uuid = uuid.is_some();
+                self.online_said = Some((uuid.is_some(), qos));
                 session.publish(presence.online(snapshot, now), now);
             }
         }
@@ -867,16 +907,25 @@ impl App for ResponderApp {
                         .map_or("unlimited".to_owned(), |s| s.to_string()),
                     if caps.retain_available { "yes" } else { "no" },
                 );
-                if let Some(presence) = &mut self.presence
-                    && presence.handle_connected(caps.max_qos, caps.retain_available, now)
-                {
-                    tracing::info!(
-                        mqtt_topic = presence.topic(),
-                        "the broker does not keep retained messages (Retain Available = 0); \
-                         presence is published without retain"
-                    );
+                if let Some(presence) = &mut self.presence {
+                    let noted = presence.handle_connected(caps.max_qos, caps.retain_available, now);
+                    if noted.retain_unavailable {
+                        tracing::info!(
+                            mqtt_topic = presence.topic(),
+                            "the broker does not keep retained messages (Retain Available = \
+                             0); presence is published without retain"
+                        );
+                    }
+                    if noted.will_qos_confirmed {
+                        tracing::warn!(
+                            mqtt_topic = presence.topic(),
+                            "the broker accepted the Last Will at QoS 0 after closing the \
+                             connection that offered it at QoS 1: its maximum QoS is 0; \
+                             presence goes out at QoS 0 for this run"
+                        );
+                    }
                 }
-                self.online_with_uuid = false;
+                self.online_said = None;
                 if std::mem::take(&mut self.restored) && !session_present {
                     // Resuming needs the broker's half of the session; without it the
                     // saved UUID leads nowhere.
@@ -892,6 +941,13 @@ impl App for ResponderApp {
                     .handle_connected(session_present, caps.max_qos, now);
             }
             Event::SubAck { pkid, granted } => {
+                if let Some(presence) = &mut self.presence {
+                    // 3.1.1 brokers tell their maximum QoS only here.
+                    granted
+                        .iter()
+                        .flatten()
+                        .for_each(|q| presence.handle_granted(*q));
+                }
                 if let Some(topic) = self.subscriptions.remove(&pkid) {
                     let granted = granted.first().copied().flatten();
                     self.responder.handle_subscribed(&topic, granted, now);
@@ -1024,6 +1080,23 @@ impl App for ResponderApp {
     }
 }
 
+/// What a CONNACK refusal `reason` says about the Will, if anything.
+fn will_trouble(reason: &str) -> Option<WillTrouble> {
+    match reason {
+        WILL_RETAIN_REFUSED => Some(WillTrouble::RetainRefused),
+        WILL_QOS_REFUSED => Some(WillTrouble::QosRefused),
+        _ => None,
+    }
+}
+
+/// Whether the online record sent on this connection (`said`: UUID known, QoS) must be
+/// sent again now that the UUID is known or not and the QoS is `qos`. Before the UUID the
+/// login follows the SUBACK at once, so the record with the UUID is the one that first
+/// tells the QoS: no extra record for that.
+fn online_stale(said: Option<(bool, Option<QoS>)>, uuid_known: bool, qos: Option<QoS>) -> bool {
+    said.is_some_and(|(had_uuid, said_qos)| uuid_known && (!had_uuid || said_qos != qos))
+}
+
 /// A responder for `config` at the start of a run.
 fn fresh_responder(config: &Config) -> Responder {
     let mut responder = Responder::new(&config.session, &config.replies);
@@ -1036,6 +1109,42 @@ mod tests {
     use super::*;
 
     const SHORT: Option<Duration> = Some(Duration::from_millis(300));
+
+    #[test]
+    fn connack_refusals_of_the_will_are_told_apart() {
+        assert_eq!(
+            will_trouble(WILL_RETAIN_REFUSED),
+            Some(WillTrouble::RetainRefused)
+        );
+        assert_eq!(
+            will_trouble(WILL_QOS_REFUSED),
+            Some(WillTrouble::QosRefused)
+        );
+        assert_eq!(will_trouble("banned"), None);
+    }
+
+    #[test]
+    fn the_online_record_is_sent_again_when_the_uuid_or_then_the_qos_changes() {
+        let q = |n| Some(QoS::try_from(n).unwrap());
+        assert!(
+            !online_stale(None, true, q(2)),
+            "nothing sent: the refresh decides"
+        );
+        assert!(
+            !online_stale(Some((false, None)), false, q(2)),
+            "QoS alone waits"
+        );
+        assert!(
+            online_stale(Some((false, None)), true, q(2)),
+            "the UUID arrived"
+        );
+        assert!(!online_stale(Some((true, q(2))), true, q(2)));
+        assert!(
+            online_stale(Some((true, q(2))), true, q(1)),
+            "a SUBACK lowered it"
+        );
+        assert!(online_stale(Some((true, None)), true, q(0)), "now known");
+    }
 
     #[test]
     fn takeover_reported_once_after_three_broker_closes_in_a_row() {

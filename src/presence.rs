@@ -4,6 +4,11 @@
 //! Pure, like the protocol core: it renders records and keeps the refresh deadline, with
 //! `now` passed in; the daemon publishes what it returns. Presence publishes are not replies
 //! and never count as such.
+//!
+//! It also decides how the Will adapts to a broker that refuses it ([`Presence::will_refused`]):
+//! without retain where retained messages are not kept, at QoS 0 where QoS 1 is above the
+//! broker's maximum. The records never go out above what the broker has shown it takes: its
+//! CONNACK Maximum QoS, the QoS of the Will it accepted, and the QoS granted in SUBACKs.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,49 @@ pub enum Farewell {
     Stopped,
 }
 
+/// How a connection attempt ended before a CONNACK accepted it, as far as the Will goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillTrouble {
+    /// MQTT 5 CONNACK 0x9A: the broker keeps no retained messages.
+    RetainRefused,
+    /// MQTT 5 CONNACK 0x9B: the Will's QoS is above the broker's maximum.
+    QosRefused,
+    /// MQTT 3.1.1 has no return code for either: mosquitto 2.0 closes the connection without
+    /// a CONNACK ("disconnected due to QoS too high or retain not supported"). Other causes
+    /// look the same, so what this changes is a guess until the next CONNACK confirms it.
+    ClosedWithoutConnAck,
+}
+
+/// How [`Presence::will_refused`] changed the Will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillChange {
+    /// No longer retained (for the run).
+    NoRetain,
+    /// At QoS 0 (for the run): the broker said its maximum is below the Will's QoS.
+    Qos0,
+    /// At QoS 0 on a guess: kept for the run once a CONNACK accepts it.
+    Qos0Guess,
+    /// Back at QoS 1: the broker closed the QoS 0 attempt too, so the QoS was not the cause.
+    GuessUndone,
+}
+
+impl WillChange {
+    /// Whether to connect again at once (the broker refused this Will, not the client);
+    /// otherwise the attempt counts as failed and the reconnect backs off.
+    pub fn reconnect_at_once(self) -> bool {
+        self != WillChange::GuessUndone
+    }
+}
+
+/// What a CONNACK told presence that is worth saying once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Noted {
+    /// Retain turned out to be unavailable (MQTT 5 Retain Available = 0), the first time.
+    pub retain_unavailable: bool,
+    /// A Will lowered to QoS 0 on a guess was accepted: the guess holds.
+    pub will_qos_confirmed: bool,
+}
+
 /// What the online record reports.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot<'a> {
@@ -38,6 +86,9 @@ pub struct Snapshot<'a> {
     pub reconnects: u32,
     /// Time since the daemon started.
     pub uptime: Duration,
+    /// The QoS replies go out at (configured, capped by the broker), once the broker has
+    /// told its caps; `None` (JSON `null`, like `uuid`) until then.
+    pub qos: Option<QoS>,
 }
 
 /// The presence record's state.
@@ -45,9 +96,20 @@ pub struct Snapshot<'a> {
 pub struct Presence {
     topic: String,
     interval: Duration,
+    /// QoS of the records on this connection.
     qos: QoS,
     retain: bool,
     retain_noted: bool,
+    /// The lowest QoS granted in any SUBACK of the run: a 3.1.1 broker's only word on its
+    /// maximum.
+    granted: QoS,
+    will_qos: QoS,
+    will_retain: bool,
+    /// `will_qos` was lowered on a guess ([`WillTrouble::ClosedWithoutConnAck`]) that no
+    /// CONNACK has confirmed yet.
+    will_guess: bool,
+    /// A CONNACK accepted the Will as it is: a later close is not about the Will.
+    will_accepted: bool,
     next_refresh: Option<Instant>,
 }
 
@@ -65,6 +127,11 @@ impl Presence {
             qos: PRESENCE_QOS,
             retain: true,
             retain_noted: false,
+            granted: QoS::ExactlyOnce,
+            will_qos: PRESENCE_QOS,
+            will_retain: true,
+            will_guess: false,
+            will_accepted: false,
             next_refresh: None,
         })
     }
@@ -74,29 +141,87 @@ impl Presence {
         &self.topic
     }
 
-    /// The Last Will for the CONNECT: retained `{"state":"offline","reason":"lost"}`.
+    /// The Last Will for the next CONNECT: `{"state":"offline","reason":"lost"}`, retained
+    /// at QoS 1 unless a broker refused that.
     pub fn will(&self) -> Will {
         Will {
             topic: self.topic.clone(),
             payload: Bytes::from_static(br#"{"state":"offline","reason":"lost"}"#),
-            qos: PRESENCE_QOS,
-            retain: true,
+            qos: self.will_qos,
+            retain: self.will_retain,
+        }
+    }
+
+    /// A connection attempt ended with `trouble` before any CONNACK accepted it: adapts the
+    /// Will for the next CONNECT ([`Presence::will`]) and says how, or `None` when the
+    /// Will cannot be the cause (nothing left to lower, or a CONNACK already took it).
+    pub fn will_refused(&mut self, trouble: WillTrouble) -> Option<WillChange> {
+        match trouble {
+            WillTrouble::RetainRefused if self.will_retain => {
+                self.will_retain = false;
+                Some(WillChange::NoRetain)
+            }
+            WillTrouble::QosRefused if self.will_qos > QoS::AtMostOnce => {
+                self.will_qos = QoS::AtMostOnce;
+                self.will_guess = false;
+                Some(WillChange::Qos0)
+            }
+            WillTrouble::ClosedWithoutConnAck if self.will_guess => {
+                // Refused at QoS 0 as well: something else is wrong, and the broker may
+                // well take QoS 1 once that is fixed. The next close guesses again.
+                self.will_guess = false;
+                self.will_qos = PRESENCE_QOS;
+                Some(WillChange::GuessUndone)
+            }
+            WillTrouble::ClosedWithoutConnAck
+                if !self.will_accepted && self.will_qos > QoS::AtMostOnce =>
+            {
+                self.will_qos = QoS::AtMostOnce;
+                self.will_guess = true;
+                Some(WillChange::Qos0Guess)
+            }
+            _ => None,
         }
     }
 
     /// A CONNACK arrived: the online record is due at once (every connect announces
     /// itself), and what the broker allows decides QoS and retain for this connection.
-    /// Returns `true` the first time retain turns out to be unavailable (MQTT 5 Retain
-    /// Available = 0), so the caller can say so once.
-    pub fn handle_connected(&mut self, max_qos: QoS, retain_available: bool, now: Instant) -> bool {
+    /// Records never go above the Will's QoS: the broker took that one, and a 3.1.1 broker
+    /// says nothing else before the first SUBACK (mosquitto with `max_qos 0` disconnects a
+    /// client that publishes at QoS 1).
+    pub fn handle_connected(
+        &mut self,
+        max_qos: QoS,
+        retain_available: bool,
+        now: Instant,
+    ) -> Noted {
         self.next_refresh = Some(now);
-        self.qos = PRESENCE_QOS.min(max_qos);
+        self.qos = PRESENCE_QOS
+            .min(max_qos)
+            .min(self.will_qos)
+            .min(self.granted);
         self.retain = retain_available;
+        self.will_accepted = true;
+        let mut noted = Noted {
+            will_qos_confirmed: std::mem::take(&mut self.will_guess),
+            ..Noted::default()
+        };
         if !retain_available && !self.retain_noted {
             self.retain_noted = true;
-            return true;
+            noted.retain_unavailable = true;
         }
-        false
+        noted
+    }
+
+    /// A SUBACK granted `qos`: records stay at or below it for the rest of the run.
+    pub fn handle_granted(&mut self, qos: QoS) {
+        self.granted = self.granted.min(qos);
+        self.qos = self.qos.min(qos);
+    }
+
+    /// The QoS of the records on this connection.
+    pub fn qos(&self) -> QoS {
+        self.qos
     }
 
     /// The connection is gone: no refresh until the next one.
@@ -124,6 +249,7 @@ impl Presence {
             "answered": snapshot.answered,
             "reconnects": snapshot.reconnects,
             "uptime_secs": snapshot.uptime.as_secs(),
+            "qos": snapshot.qos.map(QoS::as_u8),
         });
         self.publish(record.to_string())
     }
@@ -181,13 +307,17 @@ mod tests {
             serde_json::json!({"state": "offline", "reason": "lost"})
         );
 
-        assert!(!p.handle_connected(QoS::ExactlyOnce, true, t));
+        assert_eq!(
+            p.handle_connected(QoS::ExactlyOnce, true, t),
+            Noted::default()
+        );
         assert!(p.is_due(t), "announced on every connect");
         let snapshot = Snapshot {
             uuid: Some("u-1"),
             answered: 42,
             reconnects: 3,
             uptime: Duration::from_millis(7_900),
+            qos: Some(QoS::AtLeastOnce),
         };
         let online = p.online(snapshot, t);
         assert!(online.retain);
@@ -198,6 +328,7 @@ mod tests {
         assert_eq!(v["answered"], 42);
         assert_eq!(v["reconnects"], 3);
         assert_eq!(v["uptime_secs"], 7);
+        assert_eq!(v["qos"], 1);
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(60)));
         assert!(!p.is_due(t + Duration::from_secs(59)));
@@ -205,9 +336,15 @@ mod tests {
 
         let none = Snapshot {
             uuid: None,
+            qos: None,
             ..snapshot
         };
-        assert!(json(&p.online(none, t))["uuid"].is_null());
+        let v = json(&p.online(none, t));
+        assert!(v["uuid"].is_null(), "{v}");
+        assert!(
+            v["qos"].is_null(),
+            "before the broker's caps are known: {v}"
+        );
 
         let off = p.offline(Farewell::Completed);
         assert_eq!(
@@ -222,18 +359,133 @@ mod tests {
     fn no_retain_and_capped_qos_when_the_broker_says_so() {
         let t = Instant::now();
         let mut p = Presence::new(&session()).unwrap();
-        assert!(p.handle_connected(QoS::AtMostOnce, false, t), "noted once");
-        assert!(!p.handle_connected(QoS::AtMostOnce, false, t));
+        assert!(
+            p.handle_connected(QoS::AtMostOnce, false, t)
+                .retain_unavailable,
+            "noted once"
+        );
+        assert!(
+            !p.handle_connected(QoS::AtMostOnce, false, t)
+                .retain_unavailable
+        );
         let snapshot = Snapshot {
             uuid: None,
             answered: 0,
             reconnects: 0,
             uptime: Duration::ZERO,
+            qos: None,
         };
         let online = p.online(snapshot, t);
         assert!(!online.retain);
         assert_eq!(online.qos, QoS::AtMostOnce);
         p.handle_disconnected();
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    fn record() -> Snapshot<'static> {
+        Snapshot {
+            uuid: None,
+            answered: 0,
+            reconnects: 0,
+            uptime: Duration::ZERO,
+            qos: None,
+        }
+    }
+
+    #[test]
+    fn mqtt5_will_refusals_adapt_the_will_once_each() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        assert_eq!(
+            p.will_refused(WillTrouble::RetainRefused),
+            Some(WillChange::NoRetain)
+        );
+        assert!(!p.will().retain);
+        assert_eq!(p.will().qos, QoS::AtLeastOnce);
+        assert_eq!(
+            p.will_refused(WillTrouble::QosRefused),
+            Some(WillChange::Qos0)
+        );
+        assert_eq!(p.will().qos, QoS::AtMostOnce);
+        assert!(WillChange::Qos0.reconnect_at_once());
+        // Refused again although nothing is left to lower: a real refusal, not the Will's.
+        assert_eq!(p.will_refused(WillTrouble::QosRefused), None);
+        assert_eq!(p.will_refused(WillTrouble::RetainRefused), None);
+        // Certain, not a guess: no confirmation to report, and it stays for the run.
+        assert_eq!(
+            p.handle_connected(QoS::AtMostOnce, true, t),
+            Noted::default()
+        );
+        assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
+        assert_eq!(p.will().qos, QoS::AtMostOnce);
+        assert_eq!(p.online(record(), t).qos, QoS::AtMostOnce);
+        assert_eq!(p.offline(Farewell::Completed).qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn a_v311_close_without_connack_lowers_the_will_on_a_guess_the_connack_confirms() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        assert_eq!(
+            p.will_refused(WillTrouble::ClosedWithoutConnAck),
+            Some(WillChange::Qos0Guess)
+        );
+        assert!(WillChange::Qos0Guess.reconnect_at_once());
+        let will = p.will();
+        assert_eq!((will.qos, will.retain), (QoS::AtMostOnce, true));
+        // 3.1.1: the CONNACK has no Maximum QoS, yet the records stay at the Will's QoS.
+        let noted = p.handle_connected(QoS::ExactlyOnce, true, t);
+        assert!(noted.will_qos_confirmed, "said once");
+        assert_eq!(p.online(record(), t).qos, QoS::AtMostOnce);
+        assert!(p.online(record(), t).retain);
+        assert_eq!(p.offline(Farewell::Stopped).qos, QoS::AtMostOnce);
+        // Kept for the run; later closes are not about the Will.
+        p.handle_disconnected();
+        assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
+        assert!(
+            !p.handle_connected(QoS::ExactlyOnce, true, t)
+                .will_qos_confirmed
+        );
+        assert_eq!(p.will().qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn a_guess_refused_as_well_is_undone_and_a_will_once_accepted_is_never_guessed_at() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        assert_eq!(
+            p.will_refused(WillTrouble::ClosedWithoutConnAck),
+            Some(WillChange::Qos0Guess)
+        );
+        assert_eq!(
+            p.will_refused(WillTrouble::ClosedWithoutConnAck),
+            Some(WillChange::GuessUndone)
+        );
+        assert!(!WillChange::GuessUndone.reconnect_at_once(), "backs off");
+        assert_eq!(p.will().qos, QoS::AtLeastOnce);
+        // A QoS 1 Will accepted: a close before a later CONNACK is something else.
+        assert_eq!(
+            p.handle_connected(QoS::ExactlyOnce, true, t),
+            Noted::default()
+        );
+        p.handle_disconnected();
+        assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
+        assert_eq!(p.will().qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn records_stay_at_or_below_every_suback_grant() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        p.handle_connected(QoS::ExactlyOnce, true, t);
+        assert_eq!(p.qos(), QoS::AtLeastOnce);
+        p.handle_granted(QoS::ExactlyOnce);
+        assert_eq!(p.qos(), QoS::AtLeastOnce, "never raised");
+        p.handle_granted(QoS::AtMostOnce);
+        assert_eq!(p.online(record(), t).qos, QoS::AtMostOnce);
+        // The next connection remembers it (a 3.1.1 CONNACK says nothing of it).
+        p.handle_disconnected();
+        p.handle_connected(QoS::ExactlyOnce, true, t);
+        assert_eq!(p.offline(Farewell::Completed).qos, QoS::AtMostOnce);
     }
 }

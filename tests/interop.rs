@@ -1,9 +1,10 @@
 //! The interop matrix (issue 8): the real daemon binary against every broker the harness can
-//! start — mosquitto as shipped and with `max_qos 1`, `max_inflight_messages 2` and a small
-//! `max_packet_size`, the embedded rumqttd, and aedes (npm) — each on a free loopback port,
-//! examined by the library's examiner. A full exchange runs at QoS 0, 1 and 2 with each
-//! protocol version the broker speaks; every reply must arrive exactly once at the expected
-//! QoS and the daemon must exit 0 after a clean DISCONNECT.
+//! start — mosquitto as shipped and with `max_qos 1`, `max_qos 0`, `max_inflight_messages 2`
+//! and a small `max_packet_size`, the embedded rumqttd, and aedes (npm) — each on a free
+//! loopback port, examined by the library's examiner. A full exchange runs at QoS 0, 1 and 2
+//! with each protocol version the broker speaks (`max_qos 0`: a daemon configured for QoS 2);
+//! every reply must arrive exactly once at the expected QoS and the daemon must exit 0 after
+//! a clean DISCONNECT.
 //!
 //! MQTT 5 request/response runs against mosquitto with the examiner in response-topic mode.
 //! An invalid Response Topic is not tested here: a conforming client cannot send one (brokers
@@ -284,6 +285,140 @@ fn mosquitto_max_qos_1_caps_a_qos_2_daemon_without_disconnects() {
         assert_eq!(err.matches("QoS capped to 1").count(), warnings, "{err}");
         if outcome.connack().starts_with("MQTT 5") {
             assert!(outcome.connack().contains("broker allows QoS 1"), "{err}");
+        }
+    }
+}
+
+/// mosquitto with `max_qos 0` refuses the daemon's QoS 1 Last Will: MQTT 5 with CONNACK 0x9B
+/// (QoS not supported), MQTT 3.1.1, which has no return code for it, by closing the
+/// connection without a CONNACK. The daemon, configured for QoS 2, connects again at once
+/// with the Will at QoS 0 and runs the whole exchange at QoS 0, presence included.
+///
+/// QoS 0 is at most once: a broker may drop such a message, and mosquitto does when a
+/// client's queue is over its limit (`max_queued_messages`, 1000 by default) or the client
+/// is offline (`queue_qos0_messages` is off). Neither happens here — loopback, both clients
+/// stay connected (asserted), and the examiner keeps at most 20 commands unanswered — so
+/// every command and every reply must still arrive: a loss would be a bug, not QoS 0.
+#[test]
+fn mosquitto_max_qos_0_runs_a_qos_2_daemon_at_qos_0_with_presence() {
+    use rumqttc::mqttbytes::{QoS, v4};
+
+    let broker = require_mosquitto!().max_qos(0).start().unwrap();
+    let name = format!("{} max_qos 0", mosquitto_name());
+    for protocol in ["3.1.1", "5"] {
+        let run = Run::new(&name, broker.port(), protocol, 2);
+        let label = format!("{name} MQTT {protocol} QoS 2");
+        let (daemon, examiner, user) = (run.client_id(), run.examiner_id(), run.user_id.clone());
+        let status = format!("{user}/status");
+        // Watches the presence records as they go out (QoS 0, read after the run).
+        let (mut watch, _) =
+            support::raw::connect_v4(broker.port(), &format!("watch-{user}"), None).unwrap();
+        watch.subscribe(&status, QoS::AtMostOnce).unwrap();
+        let mark = broker.log_mark();
+        let outcome = run.run();
+        assert_clean(&label, &outcome, 0);
+        assert_never_dropped(&broker, mark, &daemon);
+        assert_never_dropped(&broker, mark, &examiner);
+
+        let log = broker.log_since(mark);
+        let err = &outcome.stderr;
+        // The broker refused the QoS 1 Will once, each protocol its own way.
+        let refusals = log.matches("disconnected due to QoS too high or retain not supported");
+        assert_eq!(refusals.count(), 1, "{label}:\n{log}");
+        if protocol == "5" {
+            assert!(
+                log.contains("Sending CONNACK to 127.0.0.1 (0, 155)"),
+                "{log}"
+            );
+            assert!(outcome.connack().contains("broker allows QoS 0"), "{err}");
+        } else {
+            assert!(
+                !log.contains("(0, 155)"),
+                "3.1.1 has no such return code: {log}"
+            );
+            assert!(
+                err.contains("closed the connection without a CONNACK"),
+                "{err}"
+            );
+        }
+        // One WARN about the Will, one about the replies' QoS.
+        let will_warnings = err
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    && (l.contains("with the Will at QoS 0")
+                        || l.contains("accepted the Last Will at QoS 0"))
+            })
+            .count();
+        assert_eq!(will_warnings, 1, "{err}");
+        assert_eq!(err.matches("QoS capped to 0").count(), 1, "{err}");
+        // The Will it took is retained at QoS 0 (the examiner has none).
+        let wills: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Will message specified"))
+            .collect();
+        assert!(
+            wills.len() == 1 && wills[0].contains("(r1, q0)"),
+            "{wills:?}"
+        );
+        // Every publish of the daemon at QoS 0; presence retained.
+        let publishes: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("Received PUBLISH from {daemon} (")))
+            .collect();
+        assert!(publishes.len() > COMMANDS, "{log}");
+        assert!(
+            publishes.iter().all(|l| l.contains("(d0, q0, ")),
+            "{publishes:?}"
+        );
+        let presence: Vec<&&str> = publishes
+            .iter()
+            .filter(|l| l.contains(&format!("'{status}'")))
+            .collect();
+        assert!(
+            presence.len() >= 2 && presence.iter().all(|l| l.contains(", r1, ")),
+            "online and offline records, retained: {presence:?}"
+        );
+
+        // What the records said: the online one with the UUID carries the effective QoS.
+        let mut records = Vec::new();
+        for _ in 0..10 {
+            let Ok(v4::Packet::Publish(p)) = watch.recv() else {
+                continue;
+            };
+            let record: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            let done = record["state"] == "offline";
+            records.push(record);
+            if done {
+                break;
+            }
+        }
+        let uuid = &outcome.report.uuid;
+        assert!(
+            records
+                .iter()
+                .any(|r| r["state"] == "online" && r["uuid"] == uuid.as_str() && r["qos"] == 0),
+            "{records:?}"
+        );
+        assert_eq!(
+            records.last().map(|r| r["reason"].clone()),
+            Some("completed".into()),
+            "{records:?}"
+        );
+        // Retained: whoever looks later sees the farewell.
+        let (mut late, _) =
+            support::raw::connect_v4(broker.port(), &format!("late-{user}"), None).unwrap();
+        late.subscribe(&status, QoS::AtMostOnce).unwrap();
+        match late.recv() {
+            Ok(v4::Packet::Publish(p)) => {
+                assert!(p.retain, "{p:?}");
+                let record: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(
+                    record,
+                    serde_json::json!({"state": "offline", "reason": "completed"})
+                );
+            }
+            other => panic!("{label}: no retained presence record: {other:?}"),
         }
     }
 }

@@ -398,9 +398,12 @@ fn presence_online_offline_completed_and_the_will_after_sigkill() {
     assert!(v["uuid"].is_null(), "{v}");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["answered"], 0);
+    // 3.1.1: the broker's grant is not known before the first SUBACK.
+    assert!(v["qos"].is_null(), "{v}");
     hand_out_uuid(&mut peer, &broker, mark, user);
     let with_uuid = peer.expect("online record with the UUID", |m| m.topic == status);
     assert_eq!(json(&with_uuid)["uuid"], UUID);
+    assert_eq!(json(&with_uuid)["qos"], 1, "the effective QoS");
     assert_eq!(peer.ask("CMD2"), "Cat");
     peer.publish(UUID, "Well done my IoT!");
     let offline = peer.expect("offline record", |m| m.topic == status);
@@ -690,6 +693,10 @@ fn presence_is_published_again_after_a_broker_restart() {
     assert_eq!(v["state"], "online", "{v}");
     assert_eq!(v["uuid"], UUID, "{v}");
     assert_eq!(v["answered"], 1, "{v}");
+    assert_eq!(
+        v["qos"], 1,
+        "the broker kept the session and its grants: {v}"
+    );
     // Mosquitto published the Will when it went down (the link ended without DISCONNECT),
     // so a newcomer first sees that retained record, then the fresh online one.
     assert!(

@@ -104,6 +104,11 @@ pub struct Will {
     pub retain: bool,
 }
 
+/// How [`ConnectCode::Permanent`] names MQTT 5's CONNACK 0x9A, a retained Will refused.
+pub const WILL_RETAIN_REFUSED: &str = "retain not supported (Last Will)";
+/// How [`ConnectCode::Permanent`] names MQTT 5's CONNACK 0x9B, the Will's QoS refused.
+pub const WILL_QOS_REFUSED: &str = "QoS not supported (Last Will)";
+
 /// How the broker answered a CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectCode {
@@ -663,8 +668,8 @@ fn connect_code_v5(code: v5::ConnectReturnCode) -> ConnectCode {
         C::ImplementationSpecificError => ConnectCode::Transient("implementation specific error"),
         C::TopicNameInvalid => ConnectCode::Permanent("topic name invalid (Last Will)"),
         C::PayloadFormatInvalid => ConnectCode::Permanent("payload format invalid"),
-        C::RetainNotSupported => ConnectCode::Permanent("retain not supported (Last Will)"),
-        C::QoSNotSupported => ConnectCode::Permanent("QoS not supported (Last Will)"),
+        C::RetainNotSupported => ConnectCode::Permanent(WILL_RETAIN_REFUSED),
+        C::QoSNotSupported => ConnectCode::Permanent(WILL_QOS_REFUSED),
     }
 }
 

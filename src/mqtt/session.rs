@@ -183,6 +183,8 @@ pub struct Session {
     purging: bool,
     /// A CONNACK opened a session before (so a missing one now was lost).
     had_session: bool,
+    /// The latest CONNECT carried the Will.
+    will_offered: bool,
     caps: BrokerCaps,
     keep_alive: Duration,
     transmit: BytesMut,
@@ -219,6 +221,7 @@ impl Session {
             link: Link::Offline,
             purging: false,
             had_session: false,
+            will_offered: false,
             caps: BrokerCaps::default(),
             transmit: BytesMut::with_capacity(4096),
             events: VecDeque::new(),
@@ -265,6 +268,7 @@ impl Session {
             max_packet_size: (!v311)
                 .then(|| u32::try_from(self.config.max_incoming_packet).unwrap_or(u32::MAX)),
         };
+        self.will_offered = connect.will.is_some();
         self.send(&Packet::Connect(Box::new(connect)), now);
     }
 
@@ -435,6 +439,12 @@ impl Session {
     /// Replaces the Last Will for the next CONNECT (a broker without retain refused it).
     pub fn set_will(&mut self, will: Option<Will>) {
         self.config.will = will;
+    }
+
+    /// Whether the latest CONNECT carried the Will (not the 3.1.1 purge connection's), so
+    /// that a refusal of it can be about the Will.
+    pub fn will_offered(&self) -> bool {
+        self.will_offered
     }
 
     /// Whether CONNACK has been accepted on the current transport.
@@ -1050,6 +1060,7 @@ fn packet_name(packet: &Packet) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::packet::{WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
     use rumqttc::mqttbytes::QoS as Q4;
     use rumqttc::mqttbytes::v4 as b4;
     use rumqttc::v5::mqttbytes::QoS as Q5;
@@ -1344,6 +1355,7 @@ mod tests {
         };
         assert!(c.clean_session);
         assert!(c.last_will.is_none(), "no Will on the purge connection");
+        assert!(!s.will_offered());
 
         feed4(&mut s, connack4(b4::ConnectReturnCode::Success, false), t0).unwrap();
         assert_eq!(sent4(&mut s), vec![b4::Packet::Disconnect]);
@@ -1358,6 +1370,7 @@ mod tests {
         };
         assert!(!c.clean_session);
         assert!(c.last_will.is_some());
+        assert!(s.will_offered());
         feed4(
             &mut s,
             connack4(b4::ConnectReturnCode::Success, false),
@@ -1448,6 +1461,16 @@ mod tests {
             (
                 b5::ConnectReturnCode::NotAuthorized,
                 ConnectCode::NotAuthorized,
+            ),
+            // The Will refusals the daemon adapts to (mosquitto: retain_available false,
+            // max_qos 0).
+            (
+                b5::ConnectReturnCode::RetainNotSupported,
+                ConnectCode::Permanent(WILL_RETAIN_REFUSED),
+            ),
+            (
+                b5::ConnectReturnCode::QoSNotSupported,
+                ConnectCode::Permanent(WILL_QOS_REFUSED),
             ),
         ] {
             let t0 = Instant::now();

@@ -220,6 +220,8 @@ pub struct Responder {
     broker_qos: QoS,
     /// The lowest QoS granted in a SUBACK during the current broker session.
     granted_qos: QoS,
+    /// A SUBACK (or a restored run) has told `granted_qos` in the current broker session.
+    granted_known: bool,
     qos_warned: bool,
     /// SUBSCRIBEs sent on this connection whose SUBACK has not arrived.
     pending_uuid_sub: bool,
@@ -286,6 +288,7 @@ impl Responder {
             in_flight: FastMap::default(),
             broker_qos: QoS::ExactlyOnce,
             granted_qos: QoS::ExactlyOnce,
+            granted_known: false,
             qos_warned: false,
             pending_uuid_sub: false,
             pending_command_sub: false,
@@ -325,6 +328,7 @@ impl Responder {
         self.accepted = Some(accepted);
         self.commands_subscribed = true;
         self.granted_qos = qos;
+        self.granted_known = true;
         self.draining = draining;
         for (id, command) in in_flight {
             let row = match self.table.get(command.as_str()) {
@@ -354,6 +358,7 @@ impl Responder {
         if !session_present {
             self.commands_subscribed = false;
             self.granted_qos = QoS::ExactlyOnce;
+            self.granted_known = false;
         }
         self.broker_qos = max_qos;
         self.note_qos_cap("the broker's maximum QoS", max_qos);
@@ -404,6 +409,7 @@ impl Responder {
                     self.subscribed_ok();
                     self.commands_subscribed = true;
                     self.granted_qos = self.granted_qos.min(qos);
+                    self.granted_known = true;
                     self.note_qos_cap("the command subscription's granted QoS", qos);
                     if !self.draining {
                         self.set_phase(Phase::Answering);
@@ -417,6 +423,7 @@ impl Responder {
                 Some(qos) => {
                     self.subscribed_ok();
                     self.granted_qos = self.granted_qos.min(qos);
+                    self.granted_known = true;
                     self.note_qos_cap("the UUID subscription's granted QoS", qos);
                     // The UUID may have arrived before its SUBACK: then there is no need to
                     // log in (again).
@@ -650,6 +657,14 @@ impl Responder {
         self.configured_qos
             .min(self.broker_qos)
             .min(self.granted_qos)
+    }
+
+    /// [`Responder::effective_qos`] once it is settled: after a SUBACK of the current broker
+    /// session (a 3.1.1 broker tells its limit only there), or when nothing can lower it
+    /// any more. `None` before, when a SUBACK may still cap it.
+    pub fn known_qos(&self) -> Option<QoS> {
+        let qos = self.effective_qos();
+        (self.granted_known || qos == QoS::AtMostOnce).then_some(qos)
     }
 
     /// Counters for the exit summary.
@@ -1438,6 +1453,30 @@ mod tests {
         let mut r = Responder::new(&s, &ReplyTable::seed());
         r.handle_connected(false, QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [sub("2547841/UUID", QoS::AtMostOnce)]);
+    }
+
+    #[test]
+    fn known_qos_waits_for_a_suback_of_the_current_broker_session() {
+        let t = Instant::now();
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        assert_eq!(r.known_qos(), None, "not connected yet");
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.known_qos(), None, "a 3.1.1 SUBACK may still cap it");
+        actions(&mut r);
+        r.handle_subscribed("2547841/UUID", Some(QoS::AtLeastOnce), t);
+        assert_eq!(r.known_qos(), Some(QoS::AtLeastOnce));
+        // A session kept by the broker keeps its grants; a new one must grant again.
+        r.handle_disconnected(t);
+        r.handle_connected(true, QoS::ExactlyOnce, t);
+        assert_eq!(r.known_qos(), Some(QoS::AtLeastOnce));
+        r.handle_disconnected(t);
+        r.handle_connected(false, QoS::ExactlyOnce, t);
+        assert_eq!(r.known_qos(), None);
+
+        // Nothing lowers QoS 0: known at once.
+        let mut r = Responder::new(&session(), &ReplyTable::seed());
+        r.handle_connected(false, QoS::AtMostOnce, t);
+        assert_eq!(r.known_qos(), Some(QoS::AtMostOnce));
     }
 
     #[test]
