@@ -623,9 +623,14 @@ impl ResponderApp {
                  broker does when the Last Will's QoS is above its maximum (mosquitto \
                  max_qos 0); connecting again at once with the Will at QoS {qos}"
             ),
+            WillChange::NoRetainGuess => tracing::info!(
+                "broker {addr} closed the connection with the Will at QoS 0 as well, as an \
+                 MQTT 3.1.1 broker does when it keeps no retained messages (mosquitto \
+                 retain_available false); connecting again at once with the Will not retained"
+            ),
             WillChange::GuessUndone => tracing::info!(
-                "broker {addr} closed the connection with the Will at QoS 0 as well: not the \
-                 Will's QoS; back to QoS {qos}"
+                "broker {addr} closed the connection with the Will at QoS 0 and not retained \
+                 as well: not the Will; back to QoS {qos}, retained"
             ),
         }
         Some(change)
@@ -916,12 +921,21 @@ impl App for ResponderApp {
                              0); presence is published without retain"
                         );
                     }
-                    if noted.will_qos_confirmed {
+                    if noted.will_guess_confirmed {
+                        let will = presence.will();
+                        let (what, retain) = if will.retain {
+                            ("its maximum QoS is 0", "")
+                        } else {
+                            (
+                                "it keeps no retained messages, and perhaps allows no QoS above 0",
+                                ", not retained,",
+                            )
+                        };
                         tracing::warn!(
                             mqtt_topic = presence.topic(),
-                            "the broker accepted the Last Will at QoS 0 after closing the \
-                             connection that offered it at QoS 1: its maximum QoS is 0; \
-                             presence goes out at QoS 0 for this run"
+                            "the broker accepted the Last Will at QoS 0{retain} after closing \
+                             the connections that offered more: {what}; presence goes out at \
+                             QoS 0{retain} for this run"
                         );
                     }
                 }

@@ -54,7 +54,11 @@ pub enum WillChange {
     Qos0,
     /// At QoS 0 on a guess: kept for the run once a CONNACK accepts it.
     Qos0Guess,
-    /// Back at QoS 1: the broker closed the QoS 0 attempt too, so the QoS was not the cause.
+    /// At QoS 0 and not retained on a guess (the QoS 0 attempt was closed too; mosquitto's
+    /// other reason is `retain_available false`): kept for the run once a CONNACK accepts it.
+    NoRetainGuess,
+    /// Back at QoS 1, retained: the broker closed the QoS 0 unretained attempt too, so the
+    /// Will was not the cause.
     GuessUndone,
 }
 
@@ -71,8 +75,9 @@ impl WillChange {
 pub struct Noted {
     /// Retain turned out to be unavailable (MQTT 5 Retain Available = 0), the first time.
     pub retain_unavailable: bool,
-    /// A Will lowered to QoS 0 on a guess was accepted: the guess holds.
-    pub will_qos_confirmed: bool,
+    /// A Will lowered on a guess (QoS 0, perhaps not retained) was accepted: the guess
+    /// holds; [`Presence::will`] tells what it is.
+    pub will_guess_confirmed: bool,
 }
 
 /// What the online record reports.
@@ -166,11 +171,17 @@ impl Presence {
                 self.will_guess = false;
                 Some(WillChange::Qos0)
             }
+            WillTrouble::ClosedWithoutConnAck if self.will_guess && self.will_retain => {
+                self.will_retain = false;
+                Some(WillChange::NoRetainGuess)
+            }
             WillTrouble::ClosedWithoutConnAck if self.will_guess => {
-                // Refused at QoS 0 as well: something else is wrong, and the broker may
-                // well take QoS 1 once that is fixed. The next close guesses again.
+                // Refused at QoS 0 unretained as well: something else is wrong, and the
+                // broker may well take the usual Will once that is fixed. The next close
+                // guesses again.
                 self.will_guess = false;
                 self.will_qos = PRESENCE_QOS;
+                self.will_retain = true;
                 Some(WillChange::GuessUndone)
             }
             WillTrouble::ClosedWithoutConnAck
@@ -200,15 +211,17 @@ impl Presence {
             .min(max_qos)
             .min(self.will_qos)
             .min(self.granted);
-        self.retain = retain_available;
+        // A broker that refused a retained Will does not take retained records either.
+        self.retain = retain_available && self.will_retain;
         self.will_accepted = true;
         let mut noted = Noted {
-            will_qos_confirmed: std::mem::take(&mut self.will_guess),
+            will_guess_confirmed: std::mem::take(&mut self.will_guess),
             ..Noted::default()
         };
-        if !retain_available && !self.retain_noted {
+        if !self.retain && !self.retain_noted {
             self.retain_noted = true;
-            noted.retain_unavailable = true;
+            // A confirmed guess says so itself.
+            noted.retain_unavailable = !noted.will_guess_confirmed;
         }
         noted
     }
@@ -411,11 +424,16 @@ mod tests {
         // Refused again although nothing is left to lower: a real refusal, not the Will's.
         assert_eq!(p.will_refused(WillTrouble::QosRefused), None);
         assert_eq!(p.will_refused(WillTrouble::RetainRefused), None);
-        // Certain, not a guess: no confirmation to report, and it stays for the run.
+        // Certain, not a guess: no confirmation to report, and it stays for the run. The
+        // records are not retained either (said once), whatever the CONNACK claims.
         assert_eq!(
             p.handle_connected(QoS::AtMostOnce, true, t),
-            Noted::default()
+            Noted {
+                retain_unavailable: true,
+                will_guess_confirmed: false
+            }
         );
+        assert!(!p.online(record(), t).retain);
         assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
         assert_eq!(p.will().qos, QoS::AtMostOnce);
         assert_eq!(p.online(record(), t).qos, QoS::AtMostOnce);
@@ -435,7 +453,7 @@ mod tests {
         assert_eq!((will.qos, will.retain), (QoS::AtMostOnce, true));
         // 3.1.1: the CONNACK has no Maximum QoS, yet the records stay at the Will's QoS.
         let noted = p.handle_connected(QoS::ExactlyOnce, true, t);
-        assert!(noted.will_qos_confirmed, "said once");
+        assert!(noted.will_guess_confirmed, "said once");
         assert_eq!(p.online(record(), t).qos, QoS::AtMostOnce);
         assert!(p.online(record(), t).retain);
         assert_eq!(p.offline(Farewell::Stopped).qos, QoS::AtMostOnce);
@@ -444,7 +462,7 @@ mod tests {
         assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
         assert!(
             !p.handle_connected(QoS::ExactlyOnce, true, t)
-                .will_qos_confirmed
+                .will_guess_confirmed
         );
         assert_eq!(p.will().qos, QoS::AtMostOnce);
     }
@@ -459,10 +477,16 @@ mod tests {
         );
         assert_eq!(
             p.will_refused(WillTrouble::ClosedWithoutConnAck),
+            Some(WillChange::NoRetainGuess)
+        );
+        assert!(WillChange::NoRetainGuess.reconnect_at_once());
+        assert_eq!(
+            p.will_refused(WillTrouble::ClosedWithoutConnAck),
             Some(WillChange::GuessUndone)
         );
         assert!(!WillChange::GuessUndone.reconnect_at_once(), "backs off");
-        assert_eq!(p.will().qos, QoS::AtLeastOnce);
+        let will = p.will();
+        assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
         // A QoS 1 Will accepted: a close before a later CONNACK is something else.
         assert_eq!(
             p.handle_connected(QoS::ExactlyOnce, true, t),
@@ -471,6 +495,32 @@ mod tests {
         p.handle_disconnected();
         assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
         assert_eq!(p.will().qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn a_v311_close_at_qos_0_as_well_drops_retain_on_a_guess_the_connack_confirms() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        p.will_refused(WillTrouble::ClosedWithoutConnAck);
+        assert_eq!(
+            p.will_refused(WillTrouble::ClosedWithoutConnAck),
+            Some(WillChange::NoRetainGuess)
+        );
+        let will = p.will();
+        assert_eq!((will.qos, will.retain), (QoS::AtMostOnce, false));
+        // 3.1.1 CONNACKs say nothing of retain; the accepted Will does.
+        let noted = p.handle_connected(QoS::ExactlyOnce, true, t);
+        assert!(noted.will_guess_confirmed);
+        assert!(!noted.retain_unavailable, "the confirmed guess says it");
+        let online = p.online(record(), t);
+        assert_eq!((online.qos, online.retain), (QoS::AtMostOnce, false));
+        assert!(!p.offline(Farewell::Completed).retain);
+        p.handle_disconnected();
+        assert_eq!(p.will_refused(WillTrouble::ClosedWithoutConnAck), None);
+        assert!(
+            !p.handle_connected(QoS::ExactlyOnce, true, t)
+                .will_guess_confirmed
+        );
     }
 
     #[test]

@@ -423,6 +423,64 @@ fn mosquitto_max_qos_0_runs_a_qos_2_daemon_at_qos_0_with_presence() {
     }
 }
 
+/// mosquitto with `retain_available false` refuses a retained Last Will: MQTT 5 with CONNACK
+/// 0x9A (retain not supported), MQTT 3.1.1 by closing the connection without a CONNACK, the
+/// same way as for a QoS it does not allow — so the daemon first tries the Will at QoS 0,
+/// then also not retained. Either way the exchange runs at QoS 2 and presence goes out
+/// without retain.
+#[test]
+fn mosquitto_retain_available_false_runs_with_presence_not_retained() {
+    let broker = require_mosquitto!()
+        .extra_config("retain_available false")
+        .start()
+        .unwrap();
+    let name = format!("{} retain_available false", mosquitto_name());
+    for protocol in ["3.1.1", "5"] {
+        let run = Run::new(&name, broker.port(), protocol, 2);
+        let label = format!("{name} MQTT {protocol} QoS 2");
+        let (daemon, user) = (run.client_id(), run.user_id.clone());
+        let status = format!("'{user}/status'");
+        let mark = broker.log_mark();
+        let outcome = run.run();
+        assert_clean(&label, &outcome, 2);
+        assert_never_dropped(&broker, mark, &daemon);
+        let log = broker.log_since(mark);
+        let err = &outcome.stderr;
+        let refusals = log
+            .matches("disconnected due to QoS too high or retain not supported")
+            .count();
+        // 3.1.1: the retained QoS 1 Will, then the retained QoS 0 one.
+        assert_eq!(
+            refusals,
+            if protocol == "5" { 1 } else { 2 },
+            "{label}:\n{log}"
+        );
+        let wills: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Will message specified"))
+            .collect();
+        assert!(
+            wills.len() == 1 && wills[0].contains("(r0, "),
+            "{label}: the accepted Will is not retained: {wills:?}"
+        );
+        let presence: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("Received PUBLISH from {daemon} (")))
+            .filter(|l| l.contains(&status))
+            .collect();
+        assert!(
+            presence.len() >= 2 && presence.iter().all(|l| l.contains(", r0, ")),
+            "{label}: online and offline records, not retained: {presence:?}"
+        );
+        let said = if protocol == "5" {
+            "does not keep retained messages"
+        } else {
+            "accepted the Last Will at QoS 0, not retained,"
+        };
+        assert!(err.contains(said), "{label}: {err}");
+    }
+}
+
 #[test]
 fn mosquitto_max_inflight_messages_2() {
     let broker = require_mosquitto!()
