@@ -22,7 +22,7 @@ use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::state::{RunState, SavedReply, StateFile};
 use crate::systemd::Notifier;
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, OpenError};
 
 /// A connection that stayed up this long resets the backoff and the attempt counter.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -128,6 +128,7 @@ pub async fn run(
     let mut was_connected = false;
     let mut purged = false;
     let mut takeovers = TakeoverWatch::default();
+    let mut tls_alarm = TlsAlarm::default();
 
     let outcome = loop {
         if shutdown.is_cancelled() {
@@ -151,9 +152,13 @@ pub async fn run(
             opened = app.between(&ops.reload, endpoint.open()) => opened,
             () = shutdown.cancelled() => break Outcome::Stopped,
         };
+        // A TLS failure is logged as an ERROR (SPEC §3), then retried like any other.
+        let mut tls_failure = false;
+        let handshake_done = opened.is_ok();
         let cause = match opened {
             Err(e) => {
                 failures += 1;
+                tls_failure = matches!(e, OpenError::Tls { .. });
                 e.to_string()
             }
             Ok(stream) => {
@@ -217,6 +222,7 @@ pub async fn run(
                         error,
                         up_for,
                         closed_by_broker,
+                        tls,
                     } => {
                         app.handle_disconnected(Instant::now());
                         if app.stopping {
@@ -265,11 +271,35 @@ pub async fn run(
                                 STABLE_AFTER.as_secs()
                             );
                         }
-                        error
+                        if tls && up_for.is_none() {
+                            // A TLS 1.3 broker refuses a client certificate (or its absence)
+                            // only after the handshake: that is still a TLS failure.
+                            tls_failure = true;
+                            format!(
+                                "TLS with {addr} failed after the handshake (trusting {}): \
+                                 {error}",
+                                endpoint.trust().unwrap_or("nothing")
+                            )
+                        } else {
+                            error
+                        }
                     }
                 }
             }
         };
+        let mut repeated_tls_failure = false;
+        if tls_failure {
+            if tls_alarm.failed(&cause) {
+                tracing::error!(
+                    broker = %addr,
+                    "{cause}; retrying with backoff, never without verification"
+                );
+            } else {
+                repeated_tls_failure = true;
+            }
+        } else if handshake_done {
+            tls_alarm.passed();
+        }
         if let Some(max) = config.reconnect.max_attempts
             && failures >= max
         {
@@ -279,13 +309,17 @@ pub async fn run(
             break Outcome::Unreachable;
         }
         let delay = backoff.next_delay(rand::random());
-        tracing::info!(
-            broker = %addr,
-            reconnect_attempt = failures + 1,
+        let line = format!(
             "reconnecting in {} ms (attempt {}): {cause}",
             delay.as_millis(),
             failures + 1
         );
+        if repeated_tls_failure {
+            // Said as an ERROR already; WARN keeps it visible without an ERROR per attempt.
+            tracing::warn!(broker = %addr, reconnect_attempt = failures + 1, "{line}");
+        } else {
+            tracing::info!(broker = %addr, reconnect_attempt = failures + 1, "{line}");
+        }
         app.notifier.status(
             &format!("reconnecting in {:.1} s", delay.as_secs_f64()),
             Instant::now(),
@@ -343,6 +377,32 @@ impl TakeoverWatch {
             return Some(self.streak);
         }
         None
+    }
+}
+
+/// Keeps TLS failures loud without an ERROR per attempt: the first of a streak, and one
+/// whose cause differs from the last, deserve an ERROR; a repeat does not. Other failures
+/// in between (a broker restarting refuses TCP) do not end the streak; a connection whose
+/// TLS held does.
+#[derive(Debug, Default)]
+struct TlsAlarm {
+    /// The cause of the last TLS failure in this streak.
+    last: Option<String>,
+}
+
+impl TlsAlarm {
+    /// A TLS failure: whether it deserves its own ERROR.
+    fn failed(&mut self, cause: &str) -> bool {
+        if self.last.as_deref() == Some(cause) {
+            return false;
+        }
+        self.last = Some(cause.to_owned());
+        true
+    }
+
+    /// TLS held on a connection: the next failure is news again.
+    fn passed(&mut self) {
+        self.last = None;
     }
 }
 
@@ -1173,6 +1233,18 @@ mod tests {
             assert_eq!(w.lost(SHORT, true, None), None);
         }
         assert_eq!(w.lost(SHORT, true, None), Some(3));
+    }
+
+    #[test]
+    fn tls_failure_is_an_error_once_per_streak_and_cause() {
+        let mut alarm = TlsAlarm::default();
+        assert!(alarm.failed("UnknownIssuer"), "the first of a streak");
+        assert!(!alarm.failed("UnknownIssuer"), "a repeat");
+        assert!(!alarm.failed("UnknownIssuer"));
+        assert!(alarm.failed("NotValidForName"), "a new cause");
+        assert!(alarm.failed("UnknownIssuer"), "and back");
+        alarm.passed();
+        assert!(alarm.failed("UnknownIssuer"), "a new streak after TLS held");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::packet::ConnectCode;
 use crate::mqtt::session::{Event, Session};
-use crate::transport::{BoxStream, Endpoint};
+use crate::transport::{self, BoxStream, Endpoint, OpenError};
 
 /// How long, after our DISCONNECT, the broker has to close the connection before we do.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -68,6 +68,9 @@ pub enum End {
         /// closes with our bytes unread sends RST), as when another client takes the
         /// session over; not a timeout or a protocol error on our side.
         closed_by_broker: bool,
+        /// The TLS layer failed (e.g. a TLS 1.3 broker's alert, after the handshake, that it
+        /// wants a client certificate), or the handshake did.
+        tls: bool,
     },
 }
 
@@ -89,6 +92,7 @@ pub async fn open_and_run(
             Ok(stream) => stream,
             Err(e) => {
                 return End::Lost {
+                    tls: matches!(e, OpenError::Tls { .. }),
                     error: e.to_string(),
                     up_for: None,
                     closed_by_broker: false,
@@ -104,6 +108,7 @@ pub async fn open_and_run(
         error: "the broker kept ending the connection that clears the old session".to_owned(),
         up_for: None,
         closed_by_broker: true,
+        tls: false,
     }
 }
 
@@ -138,6 +143,7 @@ pub async fn run_connection_with_reload(
         error,
         up_for: connected_at.map(|t| t.elapsed()),
         closed_by_broker: false,
+        tls: false,
     };
     // One timer for the whole connection, moved only when the earliest deadline moves:
     // building a new one on every pass cost 5–7% of the daemon's instructions.
@@ -152,7 +158,8 @@ pub async fn run_connection_with_reload(
                 session.handle_transport_down();
                 return End::Lost {
                     closed_by_broker: is_reset(&e),
-                    error: format!("write failed: {e}"),
+                    tls: transport::is_tls_failure(&e),
+                    error: format!("write failed: {e}{}", transport::tls_hint(&e)),
                     up_for: connected_at.map(|t| t.elapsed()),
                 };
             }
@@ -190,14 +197,14 @@ pub async fn run_connection_with_reload(
             }
             read = stream.read_buf(&mut rbuf) => {
                 let now = Instant::now();
-                let closed_by_broker = match &read {
-                    Ok(n) => *n == 0,
-                    Err(e) => is_reset(e),
+                let (closed_by_broker, tls) = match &read {
+                    Ok(n) => (*n == 0, false),
+                    Err(e) => (is_reset(e), transport::is_tls_failure(e)),
                 };
                 let error = match read {
                     Ok(0) => Some("connection closed by the broker".to_owned()),
                     Ok(_) => session.handle_bytes(&mut rbuf, now).err().map(|e| e.to_string()),
-                    Err(e) => Some(format!("read failed: {e}")),
+                    Err(e) => Some(format!("read failed: {e}{}", transport::tls_hint(&e))),
                 };
                 if let Some(error) = error {
                     // Events decoded before the failure still count (e.g. a DISCONNECT reason).
@@ -209,6 +216,7 @@ pub async fn run_connection_with_reload(
                         error,
                         up_for: connected_at.map(|t| t.elapsed()),
                         closed_by_broker,
+                        tls,
                     };
                 }
             }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, AlertDescription, ClientConfig, RootCertStore};
 
 use crate::config::{Broker, Tls};
 
@@ -42,7 +42,10 @@ pub enum OpenError {
     #[error("cannot connect to {0}: {1}{hint}", hint = blocked_hint(.1))]
     Tcp(String, io::Error),
     /// The TLS handshake failed (untrusted certificate, wrong name, …).
-    #[error("TLS handshake with {addr} failed (trusting {trust}): {source}")]
+    #[error(
+        "TLS handshake with {addr} failed (trusting {trust}): {source}{hint}",
+        hint = tls_hint(.source)
+    )]
     Tls {
         /// host:port
         addr: String,
@@ -86,6 +89,12 @@ impl Endpoint {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// What a TLS connection trusts ("CA file PATH" or "the system trust store"); `None`
+    /// without TLS.
+    pub fn trust(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(_, trust)| trust.as_str())
+    }
+
     /// Opens the stream: TCP (no Nagle delay) and, if configured, the TLS handshake.
     pub async fn open(&self) -> Result<BoxStream, OpenError> {
         match tokio::time::timeout(self.timeout, self.open_inner()).await {
@@ -127,6 +136,27 @@ fn blocked_hint(e: &io::Error) -> &'static str {
          for mqtt-responder.service; see README)"
     } else {
         ""
+    }
+}
+
+/// Whether `e` is the TLS layer's own failure (an alert from the broker, a record that does
+/// not decrypt) rather than the socket's: tokio-rustls wraps those as `InvalidData`.
+pub fn is_tls_failure(e: &io::Error) -> bool {
+    tls_cause(e).is_some()
+}
+
+fn tls_cause(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// In TLS 1.3 a broker that wants a client certificate says so with an alert after the
+/// handshake, which rustls reports by its bare name: spell it out.
+pub fn tls_hint(e: &io::Error) -> &'static str {
+    match tls_cause(e) {
+        Some(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+            " (the broker requires a client certificate)"
+        }
+        _ => "",
     }
 }
 
@@ -201,4 +231,43 @@ fn read_certs(
         return Err(err(format!("{} holds no PEM certificate", path.display())));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_alert_is_a_tls_failure_and_a_missing_client_certificate_is_spelled_out() {
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        let required = alert(AlertDescription::CertificateRequired);
+        assert!(is_tls_failure(&required));
+        assert!(tls_hint(&required).contains("requires a client certificate"));
+        let unknown_ca = alert(AlertDescription::UnknownCA);
+        assert!(is_tls_failure(&unknown_ca));
+        assert_eq!(tls_hint(&unknown_ca), "");
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!is_tls_failure(&reset));
+        assert_eq!(tls_hint(&reset), "");
+    }
+
+    #[test]
+    fn a_handshake_error_names_the_trust_in_use() {
+        let e = OpenError::Tls {
+            addr: "127.0.0.1:8883".to_owned(),
+            trust: trust_name(&Tls {
+                ca_file: None,
+                client_auth: None,
+            }),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+            ),
+        };
+        assert_eq!(
+            e.to_string(),
+            "TLS handshake with 127.0.0.1:8883 failed (trusting the system trust store): \
+             received fatal alert: CertificateRequired (the broker requires a client certificate)"
+        );
+    }
 }

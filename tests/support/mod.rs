@@ -182,25 +182,44 @@ pub fn mosquitto_or_skip() -> Option<MosquittoBuilder> {
     if Mosquitto::available() {
         return Some(Mosquitto::builder());
     }
+    skip_loudly(
+        "the `mosquitto` broker",
+        "install it with `apt-get install -y mosquitto mosquitto-clients` \
+         (Debian/Ubuntu; the broker lands in /usr/sbin) or set MOSQUITTO_BIN",
+    );
+    None
+}
+
+/// The executable `name` (on `PATH` or in the usual bin and sbin directories); when it is
+/// missing, skips like [`mosquitto_or_skip`] (`None` after a loud banner; a panic when
+/// `CI=true`), with `how` saying how to install it.
+pub fn tool_or_skip(name: &str, how: &str) -> Option<PathBuf> {
+    let found = find_executable(name);
+    if found.is_none() {
+        skip_loudly(&format!("`{name}`"), how);
+    }
+    found
+}
+
+/// Announces that the calling test is skipped because `what` was not found; panics
+/// instead when `CI=true`.
+fn skip_loudly(what: &str, how: &str) {
     let test = thread::current()
         .name()
         .unwrap_or("<unnamed test>")
         .to_owned();
-    let how = "install it with `apt-get install -y mosquitto mosquitto-clients` \
-               (Debian/Ubuntu; the broker lands in /usr/sbin) or set MOSQUITTO_BIN";
     if in_ci() {
-        panic!("CI=true and the `mosquitto` broker was not found: {test} cannot run; {how}");
+        panic!("CI=true and {what} was not found: {test} cannot run; {how}");
     }
     let bar = "!".repeat(78);
     // Written to the real stderr, not with `eprintln!`: the test harness captures that and
     // shows it only for failing tests, and a skip must be visible in a passing run.
     // One write, so parallel tests do not interleave banners.
     let banner = format!(
-        "\n{bar}\n!!! SKIPPED {test}: the `mosquitto` broker was not found.\n\
+        "\n{bar}\n!!! SKIPPED {test}: {what} was not found.\n\
          !!! {how}.\n!!! With CI=true this is a failure, not a skip.\n{bar}\n"
     );
     let _ = std::io::stderr().write_all(banner.as_bytes());
-    None
 }
 
 /// Returns a [`MosquittoBuilder`], or skips the calling test (returns from it) with a loud
