@@ -499,6 +499,8 @@ fn json_log_lines_carry_the_fields_and_no_secret() {
 /// own datagram socket.
 #[test]
 fn journald_records_have_priorities_and_upper_case_fields() {
+    const SECRET: &str = "n0t-in-the-J0urnal";
+    const WRONG: &str = "n0r-this-0ne";
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -507,52 +509,87 @@ fn journald_records_have_priorities_and_upper_case_fields() {
         eprintln!("SKIPPED: the journald test needs root for unshare --mount");
         return;
     }
-    let broker = require_mosquitto!().start().unwrap();
+    let broker = require_mosquitto!()
+        .with_user("ops-journal", SECRET)
+        .with_user("peer", "peer-pw")
+        .start()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let user = "ops-journal";
-    let path = write_config(
-        dir.path(),
-        &config(
+    let config_with = |password: &str| {
+        let toml = config(
             broker.port(),
             user,
-            "[log]\nformat = \"journald\"\nlevel = \"debug\"\n",
-        ),
-    );
+            "[log]\nformat = \"journald\"\nlevel = \"trace\"\n",
+        )
+        .replace(
+            "[session]",
+            &format!("username = \"{user}\"\npassword = \"{password}\"\n\n[session]"),
+        );
+        write_config(dir.path(), &toml)
+    };
     let journal = dir.path().join("journal.sock");
     let socket = UnixDatagram::bind(&journal).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    let mut peer = Peer::connect(broker.port(), "peer-journal", None);
-    peer.subscribe("login");
-    let mark = broker.log_mark();
-    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
-                  && touch /run/systemd/journal/socket \
-                  && mount --bind \"$JOURNAL\" /run/systemd/journal/socket \
-                  && exec \"$BIN\" run --config \"$CONFIG\"";
     let stderr = dir.path().join("daemon.log");
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script])
-        .env("JOURNAL", &journal)
-        .env("BIN", BIN)
-        .env("CONFIG", &path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
     let daemon_log = || fs::read_to_string(&stderr).unwrap_or_default();
-    let mut records: Vec<BTreeMap<String, String>> = Vec::new();
+    let spawn = |config: &Path| {
+        let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
+                      && touch /run/systemd/journal/socket \
+                      && mount --bind \"$JOURNAL\" /run/systemd/journal/socket \
+                      && exec \"$BIN\" run --config \"$CONFIG\"";
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .env("JOURNAL", &journal)
+            .env("BIN", BIN)
+            .env("CONFIG", config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap()
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut drain = |records: &mut Vec<BTreeMap<String, String>>| {
-        for _ in 0..1000 {
+        for _ in 0..10_000 {
             match socket.recv(&mut buf) {
+                // tracing-journald probes the socket with an empty datagram at start.
+                Ok(0) => {}
                 Ok(n) => records.push(parse_journal(&buf[..n])),
                 Err(_) => return,
             }
         }
     };
+    let exit_code = |child: &mut Child| {
+        let mut status = None;
+        wait_until(STEP, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if status.is_none() {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("the daemon did not exit; stderr:\n{}", daemon_log());
+        }
+        status.unwrap().code()
+    };
+    let find = |records: &[BTreeMap<String, String>], message: &str| {
+        records
+            .iter()
+            .find(|r| r.get("MESSAGE").is_some_and(|m| m.starts_with(message)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {message:?} record in {records:#?}"))
+    };
+
+    // A whole run at TRACE, with a password and an unknown command (a WARN).
+    let mut peer = Peer::connect(broker.port(), "peer-journal", Some(("peer", "peer-pw")));
+    peer.subscribe("login");
+    let mark = broker.log_mark();
+    let mut child = spawn(&config_with(SECRET));
+    let mut records: Vec<BTreeMap<String, String>> = Vec::new();
     let deadline = Instant::now() + STEP;
     while !records
         .iter()
@@ -567,43 +604,58 @@ fn journald_records_have_priorities_and_upper_case_fields() {
     }
     hand_out_uuid(&mut peer, &broker, mark, user);
     assert_eq!(peer.ask("CMD3"), "Dog");
+    peer.publish(UUID, "CMD9");
     peer.publish(UUID, "Well done my IoT!");
-    let mut status = None;
-    wait_until(STEP, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if status.is_none() {
-        child.kill().ok();
-        child.wait().ok();
-        panic!("the daemon did not exit; stderr:\n{}", daemon_log());
-    }
-    assert_eq!(status.unwrap().code(), Some(0), "{}", daemon_log());
+    assert_eq!(exit_code(&mut child), Some(0), "{}", daemon_log());
     drain(&mut records);
 
-    let find = |message: &str| {
-        records
-            .iter()
-            .find(|r| r.get("MESSAGE").is_some_and(|m| m.starts_with(message)))
-            .unwrap_or_else(|| panic!("no {message:?} record in {records:#?}"))
-    };
-    let connecting = find("connecting to");
+    let connecting = find(&records, "connecting to");
     assert_eq!(connecting["PRIORITY"], "6", "INFO is journald's info");
     assert_eq!(connecting["SYSLOG_IDENTIFIER"], "mqtt-responder");
     assert_eq!(connecting["BROKER"], format!("127.0.0.1:{}", broker.port()));
     assert_eq!(connecting["RECONNECT_ATTEMPT"], "1");
-    let reply = find("reply acknowledged");
+    let reply = find(&records, "reply acknowledged");
     assert_eq!(reply["PRIORITY"], "7");
     assert_eq!(reply["COMMAND"], "CMD3");
     assert_eq!(reply["MQTT_TOPIC"], format!("{UUID}/CMD3"));
     assert_eq!(reply["SESSION_UUID"], UUID);
     assert_eq!(reply["QOS"], "1");
     assert!(reply["LATENCY_US"].parse::<u64>().is_ok());
+    assert_eq!(
+        find(&records, "unknown command")["PRIORITY"],
+        "4",
+        "WARN is warning"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.contains_key("PRIORITY") && r.contains_key("MESSAGE")),
+        "every record has a priority and a message: {records:#?}"
+    );
     assert!(
         daemon_log().is_empty(),
         "nothing on stderr with journald: {}",
         daemon_log()
     );
+
+    // Credentials refused: an ERROR, then exit 77.
+    let mut child = spawn(&config_with(WRONG));
+    let mut refused = Vec::new();
+    assert_eq!(exit_code(&mut child), Some(77), "{}", daemon_log());
+    drain(&mut refused);
+    let error = find(&refused, &format!("broker 127.0.0.1:{}", broker.port()));
+    assert_eq!(error["PRIORITY"], "3", "ERROR is err: {error:?}");
+    assert!(error["MESSAGE"].contains("refused the credentials of user ops-journal"));
+
+    // No field of any record, at TRACE, holds either password.
+    for record in records.iter().chain(&refused) {
+        for (key, value) in record {
+            assert!(
+                !value.contains(SECRET) && !value.contains(WRONG),
+                "a password in {key}: {record:?}"
+            );
+        }
+    }
 }
 
 /// journald's native datagram: `KEY=value\n`, or `KEY\n` + little-endian u64 length +
