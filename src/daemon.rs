@@ -30,6 +30,9 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// MQTT 5: how long the broker keeps our session while we are away.
 const SESSION_EXPIRY_SECS: u32 = 24 * 60 * 60;
 
+/// A state file older than the broker keeps a session is not resumed.
+const RESUME_WITHIN: Duration = Duration::from_secs(SESSION_EXPIRY_SECS as u64);
+
 /// Room for the topic and properties on top of the largest accepted payload.
 const PACKET_OVERHEAD: usize = 70 * 1024;
 
@@ -432,6 +435,18 @@ impl Journal {
     /// The state a previous process left for this client and broker, if any.
     fn load(&self) -> Option<RunState> {
         match self.file.load() {
+            Ok(Some(_)) if self.file.age().is_some_and(|age| age > RESUME_WITHIN) => {
+                // The broker's half of the session expires after as long (MQTT 5), and a
+                // 3.1.1 broker that keeps it for ever would have us answer a stale UUID.
+                tracing::warn!(
+                    "{} was written {} h ago, longer than a session lives ({} h); starting \
+                     fresh",
+                    self.file.path().display(),
+                    self.file.age().unwrap_or_default().as_secs() / 3600,
+                    RESUME_WITHIN.as_secs() / 3600
+                );
+                None
+            }
             Ok(Some(state)) if state.client_id == self.client_id && state.broker == self.broker => {
                 Some(state)
             }

@@ -102,6 +102,14 @@ impl StateFile {
         &self.path
     }
 
+    /// How long ago the file was last written (by its modification time); `None` when
+    /// there is none, or the clock says it was written in the future (a Raspberry Pi
+    /// without a real-time clock before NTP has set it).
+    pub fn age(&self) -> Option<Duration> {
+        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok()?;
+        std::time::SystemTime::now().duration_since(modified).ok()
+    }
+
     /// The saved state, `None` when there is none.
     pub fn load(&self) -> Result<Option<RunState>, StateError> {
         let text = match fs::read_to_string(&self.path) {

@@ -854,3 +854,67 @@ fn sigint_gives_up_on_an_unacknowledged_reply_within_drain_timeout_secs() {
         DRAIN.as_secs()
     );
 }
+
+/// A state file older than a broker session lives (24 h) is not resumed: the daemon warns,
+/// starts a fresh session and logs in, rather than answering a UUID from a day ago.
+#[test]
+fn a_state_file_older_than_a_session_is_not_resumed() {
+    use mqtt_responder::mqtt::session::{Session, SessionConfig};
+    use mqtt_responder::mqtt::Protocol;
+    use mqtt_responder::state::{RunState, StateFile};
+
+    let broker = require_mosquitto!().start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    fs::create_dir_all(&state_dir).unwrap();
+    let user = "ops-stale";
+    let extra = format!("state_dir = \"{}\"\n", state_dir.display());
+    let path = write_config(dir.path(), &config(broker.port(), user, &extra));
+
+    // What a run stopped a day and an hour ago would have left for this client and broker.
+    let session = Session::new(
+        SessionConfig {
+            protocol: Protocol::V311,
+            client_id: format!("mqtt-responder-{user}"),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            max_inflight: 20,
+            max_incoming_packet: 1 << 16,
+            session_expiry: 0,
+            will: None,
+            manual_acks: true,
+            clean_first: true,
+        },
+        Instant::now(),
+    );
+    let mut state = RunState::new(
+        &format!("mqtt-responder-{user}"),
+        &format!("127.0.0.1:{}", broker.port()),
+        session.snapshot(),
+    );
+    state.uuid = Some(UUID.to_owned());
+    let mut file = StateFile::new(&state_dir);
+    file.save(&state).unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(25 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(file.path())
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    assert!(
+        file.age()
+            .is_some_and(|a| a >= Duration::from_secs(25 * 3600))
+    );
+
+    let mut peer = Peer::connect(broker.port(), "peer-stale", None);
+    peer.subscribe("login");
+    let mut daemon = Daemon::spawn(&path, &[]);
+    daemon.wait_for_log("written 25 h ago, longer than a session lives (24 h); starting fresh");
+    peer.expect("a fresh login", |m| m.topic == "login" && m.payload == user);
+    let log = daemon.log();
+    assert!(!log.contains("resuming the run"), "{log}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+}
