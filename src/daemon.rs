@@ -977,16 +977,24 @@ impl App for ResponderApp {
                 session_present,
                 caps,
             } => {
-                tracing::info!(
-                    "connected (MQTT {}, session present: {session_present}; broker allows \
-                     QoS {}, receive maximum {}, max packet size {}, retain {})",
-                    self.config.broker.protocol,
-                    caps.max_qos,
-                    caps.receive_maximum,
-                    caps.max_packet_size
-                        .map_or("unlimited".to_owned(), |s| s.to_string()),
-                    if caps.retain_available { "yes" } else { "no" },
-                );
+                if self.config.broker.protocol == Protocol::V311 {
+                    // A 3.1.1 CONNACK announces no limits: SUBACK grants cap the QoS later.
+                    tracing::info!(
+                        "connected (MQTT 3.1.1, session present: {session_present}; the broker \
+                         announces no limits in 3.1.1)"
+                    );
+                } else {
+                    tracing::info!(
+                        "connected (MQTT {}, session present: {session_present}; broker allows \
+                         QoS {}, receive maximum {}, max packet size {}, retain {})",
+                        self.config.broker.protocol,
+                        caps.max_qos,
+                        caps.receive_maximum,
+                        caps.max_packet_size
+                            .map_or("unlimited".to_owned(), |s| s.to_string()),
+                        if caps.retain_available { "yes" } else { "no" },
+                    );
+                }
                 if let Some(presence) = &mut self.presence {
                     let noted = presence.handle_connected(caps.max_qos, caps.retain_available, now);
                     if noted.retain_unavailable {
