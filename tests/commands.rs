@@ -5,10 +5,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Mosquitto;
+use support::{Mosquitto, finish, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
 
@@ -19,28 +19,6 @@ fn command() -> Command {
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     cmd
-}
-
-/// Waits for `child` to exit, killing it after `timeout`.
-fn finish(child: Child, timeout: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", &pid.to_string()])
-                .status();
-            panic!("process {pid} did not finish within {timeout:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn daemon_config(dir: &Path, port: u16, user_id: &str, qos: u8, replies: &str) -> PathBuf {

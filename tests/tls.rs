@@ -12,11 +12,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mqtt_responder::protocol::examiner::ExaminerSettings;
-use support::{Mosquitto, exchange};
+use support::{Mosquitto, exchange, finish, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
 
@@ -155,26 +155,6 @@ fn daemon_toml(port: u16, user_id: &str, broker: &str, tls: &str, max_attempts: 
 
 fn ca_line(ca: &Path) -> String {
     format!("ca_file = \"{}\"\n", ca.display())
-}
-
-/// Waits for `child` to exit, killing it (by PID) after `timeout`.
-fn finish(child: Child, timeout: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = support::send_signal(pid, "KILL");
-            panic!("process {pid} did not finish within {timeout:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn command() -> Command {
