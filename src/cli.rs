@@ -82,6 +82,12 @@ pub struct ExamineArgs {
     /// CA bundle (PEM) to trust; implies --tls.
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS, with --key-file; implies --tls.
+    #[arg(long, value_name = "PATH", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, value_name = "PATH", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// MQTT version.
     #[arg(long, value_enum, default_value = "3.1.1")]
     pub protocol: ProtocolArg,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::cli::{ExamineArgs, ProtocolArg};
-use crate::config::{self, Broker, ReplyTable, Secret, Tls};
+use crate::config::{self, Broker, ClientAuth, ReplyTable, Secret, Tls};
 use crate::console::{self, Progress};
 use crate::examine::{self, Examination, PeerConnection};
 use crate::mqtt::{Protocol, QoS};
@@ -75,9 +75,17 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         }
         (None, None) => None,
     };
-    let tls = (args.tls || args.ca_file.is_some()).then(|| Tls {
+    let client_auth =
+        args.cert_file
+            .clone()
+            .zip(args.key_file.clone())
+            .map(|(cert_file, key_file)| ClientAuth {
+                cert_file,
+                key_file,
+            });
+    let tls = (args.tls || args.ca_file.is_some() || client_auth.is_some()).then(|| Tls {
         ca_file: args.ca_file.clone(),
-        client_auth: None,
+        client_auth,
     });
     let seed = args.seed.unwrap_or_else(rand::random);
     let client_id = args

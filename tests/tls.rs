@@ -339,6 +339,42 @@ fn mutual_tls_passes_with_a_client_certificate_and_fails_clearly_without() {
     let outcome = exchange::run(&toml, "examiner-tls-mutual", settings(30), Vec::new());
     assert_exchanged(&outcome, 30);
 
+    // examine's --cert-file/--key-file: the broker takes the examiner (its SUBSCRIBE is in
+    // the log); no device logs in, so it gives up after a second with exit 1.
+    let mark = broker.log_mark();
+    let port = broker.port().to_string();
+    let examiner = command()
+        .args([
+            "examine",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--ca-file",
+        ])
+        .arg(&ca)
+        .arg("--cert-file")
+        .arg(&client.cert)
+        .arg("--key-file")
+        .arg(&client.key)
+        .args(["--client-id", "examiner-mtls-cli", "--user-id", "nobody"])
+        .args(["--timeout", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(examiner, Duration::from_secs(30));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("never logged in"), "{said}");
+    assert!(
+        broker
+            .log_since(mark)
+            .contains("Received SUBSCRIBE from examiner-mtls-cli"),
+        "{}",
+        broker.log_since(mark)
+    );
+
     // Without one: mosquitto (TLS 1.3) rejects it after the handshake with an alert.
     let mark = broker.log_mark();
     let toml = daemon_toml(broker.port(), "tls-anon", "", &ca_line(&ca), 2);
