@@ -289,7 +289,9 @@ impl Session {
                 let n = self.skipping.min(buf.len());
                 buf.advance(n);
                 self.skipping -= n;
+                // Bytes arriving prove the link alive, as a whole packet would.
                 self.last_received = now;
+                self.ping_sent = None;
                 if self.skipping > 0 {
                     return Ok(());
                 }
