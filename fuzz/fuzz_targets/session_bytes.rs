@@ -311,7 +311,9 @@ impl Model {
                 }
                 Event::SubAck { pkid, .. } => self.subscribing.retain(|p| *p != pkid),
                 Event::Purged | Event::Refused(_) => self.connected = false,
-                Event::BrokerDisconnect { .. } => {}
+                // 3.1.1: acknowledged and skipped by the session; its packet id is not
+                // surfaced, so the duplicate check above cannot see it.
+                Event::BrokerDisconnect { .. } | Event::Oversized { .. } => {}
             }
         }
     }
