@@ -114,6 +114,13 @@ enum Event {
     },
     /// The same message again, with its id (a redelivery the session did not suppress).
     Redeliver(u8),
+    /// A message too large to read (the session acknowledged and skipped it), on the command
+    /// topic when `on_commands` (the UUID topic while there is none), else on `topic`.
+    Oversized {
+        on_commands: bool,
+        topic: String,
+        size: u32,
+    },
     /// Delivered/failed for a reply it published (`which`) or a random id.
     Delivered(u8),
     Failed(u8),
@@ -399,6 +406,22 @@ fuzz_target!(|input: Input| {
                     now,
                 );
                 sent.push(message);
+            }
+            Event::Oversized {
+                on_commands,
+                topic,
+                size,
+            } => {
+                let topic = match (on_commands, r.uuid()) {
+                    (true, Some(uuid)) => model.command_template.render(&Vars {
+                        user_id: USER_ID,
+                        uuid,
+                        command: "",
+                    }),
+                    (true, None) => model.uuid_topic.clone(),
+                    (false, _) => topic.clone(),
+                };
+                r.handle_oversized(&topic, *size as usize);
             }
             Event::Redeliver(which) => {
                 if !sent.is_empty() {
