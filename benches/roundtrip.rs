@@ -1847,7 +1847,7 @@ impl Report {
         let _ = writeln!(
             s,
             "\ntargets (best repetition, worst QoS; ratio to the floor, to the trivial \
-             responder in brackets)"
+             responder in parentheses)"
         );
         for v in self.verdicts() {
             let _ = writeln!(
