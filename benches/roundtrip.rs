@@ -14,17 +14,46 @@
 //!   1 and 2, counting missing and duplicate replies;
 //! * measures the daemon's peak RSS, CPU per 10,000 commands, idle wake-ups, time to READY
 //!   and the stripped binary size;
-//! * measures a **floor** in the same run: a trivial responder process (this binary with
-//!   `--floor-child`) on the library's own MQTT session and driver that answers from the
-//!   table with no logic, through the same broker;
-//! * repeats every case, daemon and floor interleaved, and prints medians with the min–max
-//!   spread and the daemon's figures as ratios to the floor.
+//! * measures the issue's **floor** in the same run: the same peer talking to itself through
+//!   the broker. One connection, made with the examiner's own session settings
+//!   ([`examine::peer_session_config`]), carries the same [`Examiner`] that examines the
+//!   daemon and an [`Answerer`]: the peer publishes a command, receives it (it subscribes to
+//!   the command topic itself), publishes the reply from the table and receives that. It is
+//!   what a round trip costs with a responder that takes zero time, and every target ratio
+//!   is to it;
+//! * measures a second reference, clearly apart: the **trivial responder process** (this
+//!   binary with `--trivial-responder`), the same [`Answerer`] alone on its own connection
+//!   in the daemon's place. The daemon against it is the cost of the daemon's logic alone;
+//!   the floor against it is the cost of a second process and connection;
+//! * repeats every case, daemon, floor and trivial responder interleaved (who goes first
+//!   rotates), and prints medians with the min–max spread and the daemon's figures as ratios.
+//!
+//! # One connection for the floor, and whether that is fair
+//! "Talking to itself" is one client: the examiner's commands come back to its own socket,
+//! and its replies go out on it. What differs from the daemon's case:
+//! * the round trip has the same four broker hops and as many wake-ups (peer, broker,
+//!   responder, broker, peer), but the responder's are the peer's own thread's (warm caches,
+//!   no second process to schedule): one process where the daemon's case has two on the
+//!   same CPUs. With `--taskset` the floor's peer, both roles, runs on the load CPU;
+//! * commands and replies share one TCP stream each way, mosquitto's per-client
+//!   `max_inflight_messages` (20, stock) for what it sends the client, and the session's cap
+//!   of 20 outgoing QoS 1/2 publishes, where the daemon's case has two of each. The window
+//!   of 20 bounds the unanswered commands, so the floor's outgoing publishes (commands plus
+//!   replies still in their QoS handshake) peaked at 21: the session's cap held one publish
+//!   back in 14–27% of the event-loop passes at QoS 1 and 2.
+//!   Raising the session's cap to 40, and mosquitto's with it, changed neither QoS's floor
+//!   throughput beyond the run-to-run noise (2 repetitions of 20,000 commands each way,
+//!   measured while writing this), so the floor keeps the examiner's settings unchanged.
+//!
+//! The trivial responder process separates the two effects: the daemon against it is the
+//! cost of the daemon's own logic; the floor against it is what a second process and
+//! connection cost.
 //!
 //! Absolute figures on a shared machine are noisy; the ratios to a floor measured moments
 //! apart are what to read.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -43,9 +72,10 @@ use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
 use mqtt_responder::examine::{self, Examination, PeerConnection};
 use mqtt_responder::mqtt::packet::Publish;
-use mqtt_responder::mqtt::session::{Event, Session, SessionConfig};
+use mqtt_responder::mqtt::session::{Event, Session};
 use mqtt_responder::mqtt::{Protocol, QoS};
-use mqtt_responder::protocol::examiner::{ExaminerSettings, Note};
+use mqtt_responder::protocol::examiner::Report as ExaminerReport;
+use mqtt_responder::protocol::examiner::{Action, Examiner, ExaminerSettings, Note};
 use mqtt_responder::transport::Endpoint;
 
 /// The window of the throughput case: mosquitto's default `max_inflight_messages`.
@@ -60,11 +90,18 @@ const IDLE_BUDGET: f64 = 0.1;
 /// Bounds on waiting for processes and brokers.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on one examination: a fixed part, and this much per round of the window. With
+/// `--stock`, a QoS 2 round trip of the floor waits twice on the broker's ~44 ms Nagle delay
+/// (2,000 one at a time: 176 s).
+const EXAM_TIMEOUT: Duration = Duration::from_secs(120);
+const EXAM_TIMEOUT_PER_ROUND: Duration = Duration::from_millis(150);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// The log line the responder writes once it is subscribed to the command topic.
 const ANSWERING_LINE: &str = "answering commands";
 /// From "answering commands" to the start of the idle window.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// The first argument that makes this binary the trivial responder process.
+const TRIVIAL_ARG: &str = "--trivial-responder";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -163,15 +200,22 @@ impl Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Who {
+    /// The release daemon, driven by the examiner.
     Daemon,
+    /// The issue's floor: the examiner's peer answering its own commands.
     Floor,
+    /// The second reference: the trivial responder process in the daemon's place.
+    Trivial,
 }
 
 impl Who {
+    const ALL: [Who; 3] = [Who::Daemon, Who::Floor, Who::Trivial];
+
     fn name(self) -> &'static str {
         match self {
             Who::Daemon => "daemon",
             Who::Floor => "floor",
+            Who::Trivial => "trivial",
         }
     }
 }
@@ -191,11 +235,11 @@ struct RunResult {
     /// The responder was not subscribed when the first command went out.
     raced: bool,
     passed: bool,
-    /// CPU seconds per 10,000 commands (daemon: the process; floor: its thread).
+    /// CPU seconds per 10,000 commands of the responder process (daemon, trivial).
     cpu_per_10k: Option<f64>,
     /// Peak RSS in KiB (daemon only).
     hwm_kib: Option<u64>,
-    /// From process (thread) start to the login arriving at the examiner.
+    /// From process start to the login arriving at the examiner (NaN for the floor).
     ready_ms: f64,
 }
 
@@ -336,27 +380,29 @@ fn main() {
     }
 }
 
-/// `--floor-child PORT USER_ID QOS`: this binary as the floor responder process.
-fn floor_child(args: &[String]) -> Result<()> {
+/// `--trivial-responder PORT USER_ID QOS`: this binary as the trivial responder process.
+fn trivial_responder(args: &[String]) -> Result<()> {
     let [port, user_id, qos] = args else {
-        bail!("--floor-child PORT USER_ID QOS");
+        bail!("--trivial-responder PORT USER_ID QOS");
     };
     let qos = QoS::try_from(qos.parse::<u8>()?).map_err(|q| anyhow!("QoS {q}"))?;
     let endpoint = endpoint(port.parse()?, user_id)?;
-    Floor::new(user_id, qos)
+    TrivialResponder::new(user_id, qos)
         .run(&endpoint)
         .map_err(|e| anyhow!("{e}"))
 }
 
 fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--floor-child") {
-        return floor_child(&args[2..]);
+    if args.get(1).map(String::as_str) == Some(TRIVIAL_ARG) {
+        return trivial_responder(&args[2..]);
     }
     let opts = Options::parse()?;
     let binary = release_binary(&opts)?;
+    // Before pinning: pinned, this process sees one CPU.
+    let machine = machine();
     if let Some([_, load, _]) = opts.taskset {
-        // All threads of this process (the examiner; floor threads are re-pinned later).
+        // All threads of this process: the examiner, and the floor's peer.
         taskset_pid(load, std::process::id(), true)?;
     }
     let dir = tempfile::Builder::new()
@@ -374,7 +420,6 @@ fn real_main() -> Result<()> {
         opts,
         run_no: 0,
     };
-    let machine = machine();
     let load_before = loadavg();
     eprintln!(
         "roundtrip: {} on 127.0.0.1:{}; daemon {}; {} repetitions; {}",
@@ -398,12 +443,9 @@ fn real_main() -> Result<()> {
             Err(e) => eprintln!("roundtrip: idle run failed: {e:#}"),
         }
         for &(mode, qos) in &cases {
-            // Alternate who goes first, so a drift in the machine's load hits both alike.
-            let order = if rep % 2 == 0 {
-                [Who::Daemon, Who::Floor]
-            } else {
-                [Who::Floor, Who::Daemon]
-            };
+            // Rotate who goes first, so a drift in the machine's load hits all alike.
+            let mut order = Who::ALL;
+            order.rotate_left(rep % Who::ALL.len());
             for who in order {
                 let n = match mode {
                     Mode::Latency => bench.opts.latency_n(),
@@ -454,9 +496,9 @@ fn real_main() -> Result<()> {
 }
 
 impl Bench {
-    /// One examination against the daemon or the floor. With `idle`, the examiner waits
-    /// `idle_window` + 1.5 s before the first command and the daemon's context switches are
-    /// counted over `idle_window` once it is answering.
+    /// One examination against the daemon, the floor or the trivial responder. With `idle`
+    /// (daemon only), the examiner waits `idle_window` + 1.5 s before the first command and
+    /// the daemon's context switches are counted over `idle_window` once it is answering.
     fn run(
         &mut self,
         who: Who,
@@ -496,59 +538,47 @@ impl Bench {
             settings,
             logins: 1,
             noise: Vec::new(),
-            timeout: Duration::from_secs(120),
+            timeout: EXAM_TIMEOUT + EXAM_TIMEOUT_PER_ROUND * (n / window) as u32,
             progress: None,
         };
-        let endpoint = endpoint(self.port, &format!("{user_id}-examiner"))?;
+        let endpoint = endpoint(self.port, &exam.connection.client_id)?;
         let probe = Rc::new(RefCell::new(Probe::new(n)));
-        let config = match who {
-            Who::Daemon => Some(self.daemon_config(&user_id, qos)?),
-            Who::Floor => None,
-        };
-        let responder_cpu = self.opts.taskset.map(|t| t[2]);
-        let binary = self.binary.clone();
-        let port = self.port;
-        let idle_window = self.opts.idle_window();
-        let ticks = self.clk_tck;
-
-        let outcome = self.runtime.block_on(async {
-            let (ready_tx, ready_rx) = oneshot::channel();
-            let observer_probe = probe.clone();
-            let mut observe = move |_: usize, note: &Note| observer_probe.borrow_mut().note(note);
-            let examination = examine::examine(&endpoint, exam, &mut observe, Some(ready_tx));
-            let launch = async {
-                ready_rx
-                    .await
-                    .map_err(|_| anyhow!("the examiner never listened for logins"))?;
-                let mut cmd = match &config {
-                    Some(config) => {
-                        let mut cmd = Command::new(&binary);
-                        cmd.arg("run").arg("--config").arg(config);
+        let examined = match who {
+            Who::Floor => {
+                let mut observe = |note: &Note| probe.borrow_mut().note(note);
+                self.runtime
+                    .block_on(self_talk(&endpoint, exam, &user_id, &mut observe))?
+            }
+            Who::Daemon | Who::Trivial => {
+                let mut cmd = match who {
+                    Who::Daemon => {
+                        let mut cmd = Command::new(&self.binary);
+                        cmd.arg("run")
+                            .arg("--config")
+                            .arg(self.daemon_config(&user_id, qos)?);
                         cmd
                     }
-                    None => {
+                    _ => {
                         let mut cmd = Command::new(std::env::current_exe()?);
-                        cmd.args(["--floor-child", &port.to_string(), &user_id])
+                        cmd.args([TRIVIAL_ARG, &self.port.to_string(), &user_id])
                             .arg(qos.as_u8().to_string());
                         cmd
                     }
                 };
-                launch(&mut cmd, responder_cpu, &probe, idle, idle_window).await
-            };
-            let (examined, launched) = tokio::join!(examination, launch);
-            let mut launched = launched?;
-            let finished = launched.finish().await;
-            let outcome = examined.map_err(|e| anyhow!("{e}"))?;
-            finished?;
-            Ok::<_, anyhow::Error>((outcome, launched))
-        });
-        let (outcome, launched) = outcome?;
+                let responder_cpu = self.opts.taskset.map(|t| t[2]);
+                let idle_window = self.opts.idle_window();
+                self.runtime.block_on(examine_process(
+                    &endpoint,
+                    exam,
+                    &mut cmd,
+                    responder_cpu,
+                    &probe,
+                    idle.then_some(idle_window),
+                ))?
+            }
+        };
         let probe = probe.borrow();
-        let report = outcome
-            .reports
-            .first()
-            .ok_or_else(|| anyhow!("the responder never logged in"))?;
-        let total = report.totals();
+        let total = examined.report.totals();
         let us = |q: f64| {
             total
                 .percentile(q)
@@ -560,25 +590,25 @@ impl Bench {
         };
         let cpu_per_10k = match (probe.cpu_start, probe.cpu_end) {
             (Some(a), Some(b)) if n > 0 => {
-                Some((b.saturating_sub(a)) as f64 / ticks / n as f64 * 10_000.0)
+                Some((b.saturating_sub(a)) as f64 / self.clk_tck / n as f64 * 10_000.0)
             }
             _ => None,
         };
-        let ready_ms = match probe.login_at {
-            Some(at) => at.saturating_duration_since(launched.started).as_secs_f64() * 1e3,
-            None => f64::NAN,
+        let ready_ms = match (probe.login_at, examined.started) {
+            (Some(at), Some(started)) => at.saturating_duration_since(started).as_secs_f64() * 1e3,
+            _ => f64::NAN,
         };
-        let raced = match (launched.subscribed_at(), probe.first_command_at) {
+        let raced = match (examined.answering_at, probe.first_command_at) {
             (Some(sub), Some(first)) => sub > first,
             _ => true,
         };
-        if !outcome.passed() && !idle {
+        if !examined.passed && !idle {
             eprintln!(
                 "roundtrip: {} {} QoS {qos} did not pass: {}\n{}",
                 who.name(),
                 mode.name(),
-                outcome.problems().join("; "),
-                launched.log_tail()
+                examined.problems.join("; "),
+                examined.log_tail
             );
         }
         let result = RunResult {
@@ -592,12 +622,12 @@ impl Bench {
             duplicates: total.duplicates,
             wrong: total.wrong + total.qos_mismatches,
             raced,
-            passed: outcome.passed(),
+            passed: examined.passed,
             cpu_per_10k,
             hwm_kib: probe.hwm_kib,
             ready_ms,
         };
-        Ok((result, launched.idle.clone()))
+        Ok((result, examined.idle))
     }
 
     fn daemon_config(&self, user_id: &str, qos: QoS) -> Result<PathBuf> {
@@ -614,7 +644,116 @@ impl Bench {
     }
 }
 
-/// A started responder process: the daemon or the floor.
+/// What an examination found, whoever answered.
+struct Examined {
+    report: ExaminerReport,
+    passed: bool,
+    problems: Vec<String>,
+    /// When the responder was subscribed to the command topic.
+    answering_at: Option<Instant>,
+    /// When the responder process was started (`None`: the floor, no process).
+    started: Option<Instant>,
+    /// The responder's last log lines, for failure reports.
+    log_tail: String,
+    idle: Option<Idle>,
+}
+
+/// Examines a responder process (the daemon or the trivial responder) started with `cmd`
+/// once the examiner listens for logins, then waits (bounded) for it to exit. With
+/// `idle_window`, counts its wake-ups (see [`launch`]).
+async fn examine_process(
+    endpoint: &Endpoint,
+    exam: Examination,
+    cmd: &mut Command,
+    cpu: Option<usize>,
+    probe: &Rc<RefCell<Probe>>,
+    idle_window: Option<Duration>,
+) -> Result<Examined> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let observer_probe = probe.clone();
+    let mut observe = move |_: usize, note: &Note| observer_probe.borrow_mut().note(note);
+    let examination = examine::examine(endpoint, exam, &mut observe, Some(ready_tx));
+    let launch = async {
+        ready_rx
+            .await
+            .map_err(|_| anyhow!("the examiner never listened for logins"))?;
+        launch(cmd, cpu, probe, idle_window).await
+    };
+    let (examined, launched) = tokio::join!(examination, launch);
+    let mut launched = launched?;
+    let finished = launched.finish().await;
+    let outcome = examined.map_err(|e| anyhow!("{e}"))?;
+    finished?;
+    Ok(Examined {
+        passed: outcome.passed(),
+        problems: outcome.problems(),
+        report: outcome
+            .reports
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("the responder never logged in"))?,
+        answering_at: launched.answering_at,
+        started: Some(launched.started),
+        log_tail: launched.log_tail(),
+        idle: launched.idle.take(),
+    })
+}
+
+/// The floor: examines `exam` on one connection whose peer answers its own commands (see
+/// [`SelfTalk`]), bounded by the examination's timeout and a grace period.
+async fn self_talk(
+    endpoint: &Endpoint,
+    exam: Examination,
+    user_id: &str,
+    observe: &mut dyn FnMut(&Note),
+) -> Result<Examined> {
+    let now = Instant::now();
+    let mut session = Session::new(examine::peer_session_config(&exam.connection), now);
+    let mut app = SelfTalk {
+        examiner: Examiner::new(exam.settings.clone(), now).map_err(|e| anyhow!("{e}"))?,
+        answerer: Answerer::new(user_id, exam.settings.qos),
+        subscriptions: HashMap::new(),
+        answerer_started: false,
+        completion_sent: false,
+        examiner_done: false,
+        observe,
+        deadline: now + exam.timeout,
+        timed_out: false,
+        disconnect_sent: false,
+    };
+    let never = CancellationToken::new();
+    let run = driver::open_and_run(
+        endpoint,
+        &mut session,
+        &mut app,
+        examine::CONNACK_TIMEOUT,
+        &never,
+    );
+    match tokio::time::timeout(exam.timeout + EXIT_TIMEOUT, run).await {
+        Ok(driver::End::Disconnected) => {}
+        Ok(end) => bail!("the floor's connection ended: {end:?}"),
+        Err(_) => bail!(
+            "the floor did not finish within {:?}",
+            exam.timeout + EXIT_TIMEOUT
+        ),
+    }
+    let report = app.examiner.report();
+    let mut problems = report.problems();
+    if app.timed_out {
+        problems.push("the examination timed out".to_owned());
+    }
+    Ok(Examined {
+        passed: report.passed() && !app.timed_out,
+        problems,
+        answering_at: app.answerer.answering_at,
+        started: None,
+        log_tail: String::new(),
+        idle: None,
+        report,
+    })
+}
+
+/// A started responder process: the daemon or the trivial responder.
 struct Launched {
     started: Instant,
     child: Option<Child>,
@@ -628,10 +767,6 @@ struct Launched {
 }
 
 impl Launched {
-    fn subscribed_at(&self) -> Option<Instant> {
-        self.answering_at
-    }
-
     fn log_tail(&self) -> String {
         let lines = self.lines.borrow();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -669,14 +804,14 @@ impl Launched {
     }
 }
 
-/// Starts the responder process (the daemon or the floor), waits (bounded) until it logs
-/// that it answers commands and, with `idle`, counts its wake-ups over `idle_window`.
+/// Starts the responder process (the daemon or the trivial responder), waits (bounded)
+/// until it logs that it answers commands and, with `idle_window`, counts its wake-ups over
+/// that window.
 async fn launch(
     cmd: &mut Command,
     cpu: Option<usize>,
     probe: &Rc<RefCell<Probe>>,
-    idle: bool,
-    idle_window: Duration,
+    idle_window: Option<Duration>,
 ) -> Result<Launched> {
     let program = PathBuf::from(cmd.get_program());
     cmd.env_remove("RUST_LOG")
@@ -726,7 +861,7 @@ async fn launch(
         }
     }
     let mut idle_result = None;
-    if idle && let Some(answering) = answering_at {
+    if let (Some(idle_window), Some(answering)) = (idle_window, answering_at) {
         // The measurement window starts once the last handshakes of the start (the UUID's
         // acknowledgement) are over; these sleeps are the window, not a synchronisation.
         let from = answering + IDLE_SETTLE;
@@ -754,12 +889,12 @@ async fn launch(
     })
 }
 
-/// The floor: the responder's side of the protocol with no logic, on the library's own
-/// session and driver. It subscribes to the UUID topic, logs in, subscribes to the command
-/// topic, answers each command from the table (topics rendered once), and disconnects on the
-/// completion message once its replies are delivered. The session acknowledges commands on
-/// arrival.
-struct Floor {
+/// The responder's side of the protocol with no logic, on the library's session: it
+/// subscribes to the UUID topic, logs in, subscribes to the command topic, answers each
+/// command from the table (topics rendered once) and notes the completion message. The
+/// session acknowledges commands on arrival. The floor's peer runs it beside its examiner
+/// ([`SelfTalk`]); the trivial responder process runs it alone ([`TrivialResponder`]).
+struct Answerer {
     user_id: String,
     login_topic: String,
     uuid_topic: String,
@@ -771,14 +906,16 @@ struct Floor {
     command_topic: Option<String>,
     uuid_sub: Option<u16>,
     command_sub: Option<u16>,
-    finishing: bool,
-    disconnect_sent: bool,
+    /// When the broker acknowledged the subscription to the command topic.
+    answering_at: Option<Instant>,
+    /// The completion message arrived.
+    completed: bool,
 }
 
-impl Floor {
-    fn new(user_id: &str, qos: QoS) -> Floor {
+impl Answerer {
+    fn new(user_id: &str, qos: QoS) -> Answerer {
         let defaults = ExaminerSettings::default();
-        Floor {
+        Answerer {
             user_id: user_id.to_owned(),
             login_topic: "login".to_owned(),
             uuid_topic: format!("{user_id}/UUID"),
@@ -789,7 +926,215 @@ impl Floor {
             command_topic: None,
             uuid_sub: None,
             command_sub: None,
-            finishing: false,
+            answering_at: None,
+            completed: false,
+        }
+    }
+
+    /// Subscribes to the UUID topic; the login follows its SUBACK.
+    fn start(&mut self, session: &mut Session, now: Instant) {
+        self.uuid_sub = session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
+    }
+
+    /// Handles `event` if it is the answerer's (the SUBACKs of its subscriptions, messages
+    /// on its UUID and command topics); returns whether it was.
+    fn handle_event(&mut self, event: &Event, session: &mut Session, now: Instant) -> bool {
+        match event {
+            Event::SubAck { pkid, .. } if Some(*pkid) == self.uuid_sub => {
+                let login = Bytes::from(self.user_id.clone());
+                self.publish(session, self.login_topic.clone(), login, now);
+                true
+            }
+            Event::SubAck { pkid, .. } if Some(*pkid) == self.command_sub => {
+                self.answering_at = Some(now);
+                true
+            }
+            Event::Message(m) if Some(&m.publish.topic) == self.command_topic.as_ref() => {
+                let p = &m.publish;
+                if p.payload == self.completion {
+                    self.completed = true;
+                } else if let Some((_, topic, reply)) =
+                    self.table.iter().find(|(c, _, _)| *c == p.payload)
+                {
+                    self.publish(session, topic.clone(), reply.clone(), now);
+                }
+                true
+            }
+            Event::Message(m) if m.publish.topic == self.uuid_topic => {
+                if self.command_topic.is_none() {
+                    let uuid = String::from_utf8_lossy(&m.publish.payload).into_owned();
+                    self.table = self
+                        .replies
+                        .0
+                        .iter()
+                        .map(|(c, r)| {
+                            (
+                                Bytes::from(c.clone()),
+                                format!("{uuid}/{c}"),
+                                Bytes::from(r.clone()),
+                            )
+                        })
+                        .collect();
+                    self.command_sub = session.subscribe(vec![(uuid.clone(), self.qos)], now);
+                    self.command_topic = Some(uuid);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
+        session.publish(message(topic, payload, self.qos), now);
+    }
+}
+
+fn message(topic: String, payload: Bytes, qos: QoS) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        pkid: 0,
+        topic,
+        payload,
+        response_topic: None,
+        correlation_data: None,
+    }
+}
+
+/// The floor: the examiner's peer talking to itself through the broker. One session carries
+/// the [`Examiner`] and an [`Answerer`]: the examiner's subscriptions, publishes and notes
+/// are handled as `examine` handles them for one device; the answerer starts (and logs in)
+/// once the examiner listens for logins, as the daemon is started then; the connection
+/// closes once both are done and nothing is in flight.
+struct SelfTalk<'a> {
+    examiner: Examiner,
+    answerer: Answerer,
+    /// SUBSCRIBE packet id → filter, for the examiner's subscriptions.
+    subscriptions: HashMap<u16, String>,
+    answerer_started: bool,
+    /// The examiner sent the completion message (the answerer must see it before we close).
+    completion_sent: bool,
+    examiner_done: bool,
+    observe: &'a mut dyn FnMut(&Note),
+    deadline: Instant,
+    timed_out: bool,
+    disconnect_sent: bool,
+}
+
+impl SelfTalk<'_> {
+    fn run_actions(&mut self, session: &mut Session, now: Instant) {
+        // Bounded: the examiner queues a handful of actions per event.
+        while let Some(action) = self.examiner.poll_action() {
+            match action {
+                Action::Subscribe { topic, qos } => {
+                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
+                        self.subscriptions.insert(pkid, topic);
+                    }
+                }
+                Action::Publish {
+                    topic,
+                    payload,
+                    qos,
+                    response_topic,
+                    correlation_data,
+                } => {
+                    let mut publish = message(topic, payload, qos);
+                    publish.response_topic = response_topic;
+                    publish.correlation_data = correlation_data;
+                    session.publish(publish, now);
+                }
+                Action::Finished => self.examiner_done = true,
+            }
+        }
+        while let Some(note) = self.examiner.poll_note() {
+            self.completion_sent |= note == Note::Completion;
+            (self.observe)(&note);
+        }
+        let done = self.examiner_done && (self.answerer.completed || !self.completion_sent);
+        // Timed out, the examiner still sends and our own replies keep publishes in flight:
+        // close at once (the run has failed anyway).
+        let close = (done && session.outstanding() == 0) || self.timed_out;
+        if close && !self.disconnect_sent {
+            session.disconnect(now);
+            self.disconnect_sent = true;
+        }
+    }
+}
+
+impl App for SelfTalk<'_> {
+    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        if !self.answerer.handle_event(&event, session, now) {
+            match event {
+                Event::Connected {
+                    session_present,
+                    caps,
+                } => self
+                    .examiner
+                    .handle_connected(session_present, caps.max_qos, now),
+                Event::SubAck { pkid, granted } => {
+                    if let Some(topic) = self.subscriptions.remove(&pkid) {
+                        let granted = granted.first().copied().flatten();
+                        self.examiner.handle_subscribed(&topic, granted, now);
+                        if topic == self.examiner.login_topic() && !self.answerer_started {
+                            self.answerer_started = true;
+                            self.answerer.start(session, now);
+                        }
+                    }
+                }
+                Event::Message(m) => {
+                    let p = &m.publish;
+                    self.examiner.handle_message_correlated(
+                        &p.topic,
+                        &p.payload,
+                        p.qos,
+                        p.correlation_data.as_deref(),
+                        now,
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.run_actions(session, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = (!self.timed_out).then_some(self.deadline);
+        self.examiner
+            .poll_timeout()
+            .into_iter()
+            .chain(deadline)
+            .min()
+    }
+
+    fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
+        if now >= self.deadline {
+            self.timed_out = true;
+        }
+        if self.examiner.poll_timeout().is_some_and(|t| now >= t) {
+            self.examiner.handle_timeout(now);
+        }
+        self.run_actions(session, now);
+    }
+
+    fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn wants_disconnect(&self) -> bool {
+        self.disconnect_sent
+    }
+}
+
+/// The second reference: an [`Answerer`] alone on its own connection, in a process of its
+/// own (`--trivial-responder`), started and examined as the daemon is.
+struct TrivialResponder {
+    answerer: Answerer,
+    disconnect_sent: bool,
+}
+
+impl TrivialResponder {
+    fn new(user_id: &str, qos: QoS) -> TrivialResponder {
+        TrivialResponder {
+            answerer: Answerer::new(user_id, qos),
             disconnect_sent: false,
         }
     }
@@ -799,23 +1144,14 @@ impl Floor {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let now = Instant::now();
-        let mut session = Session::new(
-            SessionConfig {
-                protocol: Protocol::V311,
-                client_id: format!("{}-floor", self.user_id),
-                username: None,
-                password: None,
-                keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
-                max_inflight: 20,
-                max_incoming_packet: 1 << 20,
-                session_expiry: 600,
-                will: None,
-                manual_acks: false,
-                clean_first: true,
-            },
-            now,
-        );
+        // The examiner's connection settings, as for the floor.
+        let connection = PeerConnection {
+            protocol: Protocol::V311,
+            client_id: format!("{}-trivial", self.answerer.user_id),
+            username: None,
+            password: None,
+        };
+        let mut session = Session::new(examine::peer_session_config(&connection), Instant::now());
         let never = CancellationToken::new();
         runtime.block_on(async {
             let end = driver::open_and_run(
@@ -832,69 +1168,21 @@ impl Floor {
             }
         })
     }
-
-    fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
-        session.publish(
-            Publish {
-                dup: false,
-                qos: self.qos,
-                retain: false,
-                pkid: 0,
-                topic,
-                payload,
-                response_topic: None,
-                correlation_data: None,
-            },
-            now,
-        );
-    }
 }
 
-impl App for Floor {
+impl App for TrivialResponder {
     fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
-        match event {
-            Event::Connected { .. } => {
-                self.uuid_sub = session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
-            }
-            Event::SubAck { pkid, .. } if Some(pkid) == self.uuid_sub => {
-                let login = Bytes::from(self.user_id.clone());
-                self.publish(session, self.login_topic.clone(), login, now);
-            }
-            Event::SubAck { pkid, .. } if Some(pkid) == self.command_sub => {
+        if matches!(event, Event::Connected { .. }) {
+            self.answerer.start(session, now);
+        } else {
+            let answering = self.answerer.answering_at.is_some();
+            self.answerer.handle_event(&event, session, now);
+            if !answering && self.answerer.answering_at.is_some() {
                 // The line the bench waits for, as from the daemon.
                 eprintln!("{ANSWERING_LINE}");
             }
-            Event::Message(m) => {
-                let p = &m.publish;
-                if Some(&p.topic) == self.command_topic.as_ref() {
-                    if p.payload == self.completion {
-                        self.finishing = true;
-                    } else if let Some((_, topic, reply)) =
-                        self.table.iter().find(|(c, _, _)| *c == p.payload)
-                    {
-                        self.publish(session, topic.clone(), reply.clone(), now);
-                    }
-                } else if p.topic == self.uuid_topic && self.command_topic.is_none() {
-                    let uuid = String::from_utf8_lossy(&p.payload).into_owned();
-                    self.table = self
-                        .replies
-                        .0
-                        .iter()
-                        .map(|(c, r)| {
-                            (
-                                Bytes::from(c.clone()),
-                                format!("{uuid}/{c}"),
-                                Bytes::from(r.clone()),
-                            )
-                        })
-                        .collect();
-                    self.command_sub = session.subscribe(vec![(uuid.clone(), self.qos)], now);
-                    self.command_topic = Some(uuid);
-                }
-            }
-            _ => {}
         }
-        if self.finishing && !self.disconnect_sent && session.outstanding() == 0 {
+        if self.answerer.completed && !self.disconnect_sent && session.outstanding() == 0 {
             session.disconnect(now);
             self.disconnect_sent = true;
         }
@@ -1201,72 +1489,114 @@ fn spread(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
     Some((median, v[0], v[v.len() - 1]))
 }
 
-/// A figure, whether lower is better, how to read it from a run.
+/// A figure: the case it comes from, whether lower is better, how to read it from a run.
 struct Metric {
+    mode: Mode,
     name: &'static str,
     unit: &'static str,
     lower_is_better: bool,
     get: fn(&RunResult) -> Option<f64>,
-    /// The target on the ratio to the floor, if any.
+    /// The issue's target on the ratio to the floor, if any.
     target: Option<f64>,
 }
 
-const LATENCY_METRICS: [Metric; 4] = [
-    Metric {
-        name: "p50",
-        unit: "µs",
-        lower_is_better: true,
-        get: |r| Some(r.p50_us),
-        target: Some(1.25),
-    },
-    Metric {
-        name: "p90",
-        unit: "µs",
-        lower_is_better: true,
-        get: |r| Some(r.p90_us),
-        target: None,
-    },
-    Metric {
-        name: "p99",
-        unit: "µs",
-        lower_is_better: true,
-        get: |r| Some(r.p99_us),
-        target: Some(1.5),
-    },
-    Metric {
-        name: "max",
-        unit: "µs",
-        lower_is_better: true,
-        get: |r| Some(r.max_us),
-        target: None,
-    },
-];
+impl Metric {
+    /// The better of two values.
+    fn better(&self, a: f64, b: f64) -> f64 {
+        if self.lower_is_better {
+            a.min(b)
+        } else {
+            a.max(b)
+        }
+    }
 
-const THROUGHPUT_METRICS: [Metric; 2] = [
-    Metric {
-        name: "throughput",
-        unit: "cmd/s",
-        lower_is_better: false,
-        get: |r| Some(r.per_sec),
-        target: Some(0.8),
-    },
-    Metric {
-        name: "CPU/10k cmds",
-        unit: "s",
-        lower_is_better: true,
-        get: |r| r.cpu_per_10k,
-        target: None,
-    },
-];
+    /// The worse of two values.
+    fn worse(&self, a: f64, b: f64) -> f64 {
+        if self.lower_is_better {
+            a.max(b)
+        } else {
+            a.min(b)
+        }
+    }
+}
 
-/// The summary of one metric for one QoS.
+const P50: Metric = Metric {
+    mode: Mode::Latency,
+    name: "p50",
+    unit: "µs",
+    lower_is_better: true,
+    get: |r| Some(r.p50_us),
+    target: Some(1.25),
+};
+const P90: Metric = Metric {
+    mode: Mode::Latency,
+    name: "p90",
+    unit: "µs",
+    lower_is_better: true,
+    get: |r| Some(r.p90_us),
+    target: None,
+};
+const P99: Metric = Metric {
+    mode: Mode::Latency,
+    name: "p99",
+    unit: "µs",
+    lower_is_better: true,
+    get: |r| Some(r.p99_us),
+    target: Some(1.5),
+};
+const MAX: Metric = Metric {
+    mode: Mode::Latency,
+    name: "max",
+    unit: "µs",
+    lower_is_better: true,
+    get: |r| Some(r.max_us),
+    target: None,
+};
+const THROUGHPUT: Metric = Metric {
+    mode: Mode::Throughput,
+    name: "throughput",
+    unit: "cmd/s",
+    lower_is_better: false,
+    get: |r| Some(r.per_sec),
+    target: Some(0.8),
+};
+/// The responder process's CPU time: the daemon and the trivial responder only (the floor
+/// has no responder process).
+const CPU: Metric = Metric {
+    mode: Mode::Throughput,
+    name: "CPU/10k cmds",
+    unit: "s",
+    lower_is_better: true,
+    get: |r| r.cpu_per_10k,
+    target: None,
+};
+
+/// What the daemon is compared with the floor on.
+const FLOOR_METRICS: [Metric; 5] = [P50, P90, P99, MAX, THROUGHPUT];
+/// What the daemon is compared with the trivial responder process on.
+const TRIVIAL_METRICS: [Metric; 4] = [P50, P99, THROUGHPUT, CPU];
+/// Every figure, for the JSON document.
+const ALL_METRICS: [Metric; 6] = [P50, P90, P99, MAX, THROUGHPUT, CPU];
+
+/// The summary of one metric for one QoS, the daemon against a reference.
 struct Row {
     daemon: Option<(f64, f64, f64)>,
-    floor: Option<(f64, f64, f64)>,
-    /// Median, min and max of the per-repetition ratios daemon / floor.
+    reference: Option<(f64, f64, f64)>,
+    /// Median, min and max of the per-repetition ratios daemon / reference.
     ratio: Option<(f64, f64, f64)>,
     /// The best per-repetition ratio.
     best: Option<f64>,
+}
+
+/// A target judged: the best repetition's ratio at the worst QoS.
+struct Verdict {
+    what: String,
+    /// Against the floor: what the target is judged on.
+    value: f64,
+    /// The same against the trivial responder process, for information.
+    vs_trivial: Option<f64>,
+    target: f64,
+    ok: bool,
 }
 
 struct Report {
@@ -1286,63 +1616,54 @@ impl Report {
             .map_or(&[], Vec::as_slice)
     }
 
-    fn row(&self, mode: Mode, qos: u8, metric: &Metric) -> Row {
-        let daemon = self.runs(mode, qos, Who::Daemon);
-        let floor = self.runs(mode, qos, Who::Floor);
+    fn row(&self, qos: u8, metric: &Metric, reference: Who) -> Row {
+        let daemon = self.runs(metric.mode, qos, Who::Daemon);
+        let other = self.runs(metric.mode, qos, reference);
         let values = |runs: &[RunResult]| spread(runs.iter().filter_map(metric.get));
-        // Repetitions are paired: run i of the daemon and run i of the floor were moments
-        // apart.
+        // Repetitions are paired: run i of the daemon and run i of the reference were
+        // moments apart.
         let ratios: Vec<f64> = daemon
             .iter()
-            .zip(floor)
+            .zip(other)
             .filter_map(|(d, f)| Some((metric.get)(d)? / (metric.get)(f)?))
             .filter(|r| r.is_finite())
             .collect();
-        let best = ratios.iter().copied().reduce(if metric.lower_is_better {
-            f64::min
-        } else {
-            f64::max
-        });
+        let best = ratios.iter().copied().reduce(|a, b| metric.better(a, b));
         Row {
             daemon: values(daemon),
-            floor: values(floor),
+            reference: values(other),
             ratio: spread(ratios),
             best,
         }
     }
 
-    /// The worst QoS's best ratio, per target metric.
-    fn verdicts(&self) -> Vec<(String, f64, f64, bool)> {
+    /// The worst QoS's best ratio to `reference`.
+    fn worst_best(&self, metric: &Metric, reference: Who) -> Option<f64> {
+        (0..=2u8)
+            .filter_map(|q| self.row(q, metric, reference).best)
+            .reduce(|a, b| metric.worse(a, b))
+    }
+
+    /// The issue's ratio targets, judged against the floor.
+    fn verdicts(&self) -> Vec<Verdict> {
         let mut out = Vec::new();
-        for (mode, metrics) in [
-            (Mode::Latency, &LATENCY_METRICS[..]),
-            (Mode::Throughput, &THROUGHPUT_METRICS[..]),
-        ] {
-            for metric in metrics {
-                let Some(target) = metric.target else {
-                    continue;
-                };
-                let bests = (0..=2u8).filter_map(|q| self.row(mode, q, metric).best);
-                let worst = if metric.lower_is_better {
-                    bests.reduce(f64::max)
-                } else {
-                    bests.reduce(f64::min)
-                };
-                if let Some(worst) = worst {
-                    let ok = if metric.lower_is_better {
-                        worst <= target
-                    } else {
-                        worst >= target
-                    };
-                    let cmp = if metric.lower_is_better { "≤" } else { "≥" };
-                    out.push((
-                        format!("{} {cmp} {target}×", metric.name),
-                        worst,
-                        target,
-                        ok,
-                    ));
-                }
-            }
+        for metric in &FLOOR_METRICS {
+            let (Some(target), Some(value)) = (metric.target, self.worst_best(metric, Who::Floor))
+            else {
+                continue;
+            };
+            let (ok, cmp) = if metric.lower_is_better {
+                (value <= target, "≤")
+            } else {
+                (value >= target, "≥")
+            };
+            out.push(Verdict {
+                what: format!("{} {cmp} {target}×", metric.name),
+                value,
+                vs_trivial: self.worst_best(metric, Who::Trivial),
+                target,
+                ok,
+            });
         }
         out
     }
@@ -1355,10 +1676,8 @@ impl Report {
 
     fn peak_rss(&self) -> Option<(f64, f64, f64)> {
         spread(
-            self.runs(Mode::Throughput, 2, Who::Daemon)
-                .iter()
-                .chain(self.runs(Mode::Throughput, 1, Who::Daemon))
-                .chain(self.runs(Mode::Throughput, 0, Who::Daemon))
+            (0..=2u8)
+                .flat_map(|q| self.runs(Mode::Throughput, q, Who::Daemon))
                 .filter_map(|r| r.hwm_kib.map(|k| k as f64)),
         )
     }
@@ -1387,20 +1706,50 @@ impl Report {
         IDLE_BUDGET + 2.0 / KEEP_ALIVE_SECS as f64
     }
 
-    fn losses(&self) -> (u64, u64, u64, usize) {
-        let mut missing = 0;
-        let mut duplicates = 0;
-        let mut wrong = 0;
-        let mut raced = 0;
-        for ((_, _, who), r) in self.all_runs() {
-            if *who == Who::Daemon {
-                missing += r.missing;
-                duplicates += r.duplicates;
-                wrong += r.wrong;
-            }
-            raced += usize::from(r.raced);
+    /// Missing, duplicate and wrong replies over `who`'s runs.
+    fn losses(&self, who: Who) -> (u64, u64, u64) {
+        let mut losses = (0, 0, 0);
+        for (_, r) in self.all_runs().filter(|((_, _, w), _)| *w == who) {
+            losses.0 += r.missing;
+            losses.1 += r.duplicates;
+            losses.2 += r.wrong;
         }
-        (missing, duplicates, wrong, raced)
+        losses
+    }
+
+    /// Runs where the responder was not subscribed when the first command went out.
+    fn raced(&self) -> usize {
+        self.all_runs().filter(|(_, r)| r.raced).count()
+    }
+
+    fn section(&self, s: &mut String, title: &str, metrics: &[Metric], reference: Who) {
+        let fmt3 = |v: Option<(f64, f64, f64)>, prec: usize| match v {
+            Some((m, lo, hi)) => format!("{m:.prec$} ({lo:.prec$}–{hi:.prec$})"),
+            None => "—".to_owned(),
+        };
+        let prec = |unit: &str| if unit == "s" { 3 } else { 0 };
+        let _ = writeln!(
+            s,
+            "\n{title:<28} {:>24} {:>24} {:>22} {:>6}",
+            "daemon",
+            reference.name(),
+            "ratio",
+            "best"
+        );
+        for qos in 0..=2u8 {
+            for metric in metrics {
+                let row = self.row(qos, metric, reference);
+                let label = format!("QoS {qos} {} ({})", metric.name, metric.unit);
+                let _ = writeln!(
+                    s,
+                    "  {label:<26} {:>24} {:>24} {:>22} {:>6}",
+                    fmt3(row.daemon, prec(metric.unit)),
+                    fmt3(row.reference, prec(metric.unit)),
+                    fmt3(row.ratio, 2),
+                    row.best.map_or("—".to_owned(), |b| format!("{b:.2}")),
+                );
+            }
+        }
     }
 
     fn table(&self) -> String {
@@ -1409,7 +1758,6 @@ impl Report {
             Some((m, lo, hi)) => format!("{m:.prec$} ({lo:.prec$}–{hi:.prec$})"),
             None => "—".to_owned(),
         };
-        let prec = |unit: &str| if unit == "s" { 3 } else { 0 };
         let _ = writeln!(
             s,
             "\nmqtt-responder round trip — {} on 127.0.0.1; {}",
@@ -1417,8 +1765,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{} repetitions, daemon and floor interleaved; medians (min–max); ratio = daemon / \
-             floor per repetition, median (min–max) and best; load average {} → {}{}",
+            "floor = the examiner's peer answering its own commands on its one connection; \
+             trivial = a responder process with no logic in the daemon's place"
+        );
+        let _ = writeln!(
+            s,
+            "{} repetitions, daemon, floor and trivial interleaved; medians (min–max); ratio = \
+             daemon / reference per repetition, median (min–max) and best; load average {} → \
+             {}{}",
             self.opts.reps,
             self.load.0,
             self.load.1,
@@ -1427,43 +1781,35 @@ impl Report {
                 None => String::new(),
             }
         );
-        let sections = [
-            (
-                Mode::Latency,
-                format!("latency: window 1, N = {}", self.opts.latency_n()),
-                &LATENCY_METRICS[..],
+        let latency: Vec<Metric> = FLOOR_METRICS
+            .into_iter()
+            .filter(|m| m.mode == Mode::Latency)
+            .collect();
+        self.section(
+            &mut s,
+            &format!("latency: window 1, N = {}", self.opts.latency_n()),
+            &latency,
+            Who::Floor,
+        );
+        self.section(
+            &mut s,
+            &format!(
+                "throughput: window {THROUGHPUT_WINDOW}, N = {}",
+                self.opts.throughput_n()
             ),
-            (
-                Mode::Throughput,
-                format!(
-                    "throughput: window {THROUGHPUT_WINDOW}, N = {}",
-                    self.opts.throughput_n()
-                ),
-                &THROUGHPUT_METRICS[..],
-            ),
-        ];
-        for (mode, title, metrics) in sections {
-            let _ = writeln!(
-                s,
-                "\n{title:<28} {:>24} {:>24} {:>22} {:>6}",
-                "daemon", "floor", "ratio", "best"
-            );
-            for qos in 0..=2u8 {
-                for metric in metrics {
-                    let row = self.row(mode, qos, metric);
-                    let label = format!("QoS {qos} {} ({})", metric.name, metric.unit);
-                    let _ = writeln!(
-                        s,
-                        "  {label:<26} {:>24} {:>24} {:>22} {:>6}",
-                        fmt3(row.daemon, prec(metric.unit)),
-                        fmt3(row.floor, prec(metric.unit)),
-                        fmt3(row.ratio, 2),
-                        row.best.map_or("—".to_owned(), |b| format!("{b:.2}")),
-                    );
-                }
-            }
-        }
-        let (missing, duplicates, wrong, raced) = self.losses();
+            &[THROUGHPUT],
+            Who::Floor,
+        );
+        let _ = write!(
+            s,
+            "\nsecond reference: the trivial responder process (latency p50/p99, throughput, \
+             CPU)"
+        );
+        self.section(&mut s, "", &TRIVIAL_METRICS, Who::Trivial);
+        let loss = |who| {
+            let (m, d, w) = self.losses(who);
+            format!("{m} / {d} / {w}")
+        };
         let _ = writeln!(s, "\ndaemon resources");
         let _ = writeln!(
             s,
@@ -1474,9 +1820,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  start to READY (login seen)         {} ms (floor: {} ms)",
+            "  start to READY (login seen)         {} ms (trivial: {} ms)",
             fmt3(self.ready(Who::Daemon), 1),
-            fmt3(self.ready(Who::Floor), 1),
+            fmt3(self.ready(Who::Trivial), 1),
         );
         let _ = writeln!(
             s,
@@ -1497,15 +1843,28 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  missing / duplicate / wrong replies {missing} / {duplicates} / {wrong} (all \
-             QoS, all runs); runs where the responder was late to subscribe: {raced}"
+            "  missing / duplicate / wrong replies {} (daemon, all QoS, all runs); floor {}; \
+             trivial {}; runs where the responder was late to subscribe: {}",
+            loss(Who::Daemon),
+            loss(Who::Floor),
+            loss(Who::Trivial),
+            self.raced()
         );
-        let _ = writeln!(s, "\ntargets (best repetition, worst QoS)");
-        for (what, value, _, ok) in self.verdicts() {
+        let _ = writeln!(
+            s,
+            "\ntargets (best repetition, worst QoS; ratio to the floor, to the trivial \
+             responder in parentheses)"
+        );
+        for v in self.verdicts() {
             let _ = writeln!(
                 s,
-                "  {what:<22} {value:>6.2}×  {}",
-                if ok { "PASS" } else { "FAIL" }
+                "  {:<22} {:>6.2}×  {}  ({})",
+                v.what,
+                v.value,
+                if v.ok { "PASS" } else { "FAIL" },
+                v.vs_trivial.map_or("—".to_owned(), |t| format!(
+                    "{t:.2}× the trivial responder"
+                ))
             );
         }
         let rss_ok = self.max_peak_rss_kib().is_some_and(|k| k <= 6144.0);
@@ -1531,16 +1890,13 @@ impl Report {
                 .map_or("—".to_owned(), |(m, _, _)| format!("{m:.2}/s")),
             if idle_ok { "PASS" } else { "FAIL" }
         );
+        let (m, d, w) = self.losses(Who::Daemon);
         let _ = writeln!(
             s,
             "  {:<22} {:>6}   {}",
             "no loss or duplicate",
-            missing + duplicates + wrong,
-            if missing + duplicates + wrong == 0 {
-                "PASS"
-            } else {
-                "FAIL"
-            }
+            m + d + w,
+            if m + d + w == 0 { "PASS" } else { "FAIL" }
         );
         s
     }
@@ -1551,22 +1907,23 @@ impl Report {
             None => Value::Null,
         };
         let mut cases = Vec::new();
-        for (mode, metrics) in [
-            (Mode::Latency, &LATENCY_METRICS[..]),
-            (Mode::Throughput, &THROUGHPUT_METRICS[..]),
-        ] {
+        for mode in [Mode::Latency, Mode::Throughput] {
             for qos in 0..=2u8 {
                 let mut figures = serde_json::Map::new();
-                for metric in metrics {
-                    let row = self.row(mode, qos, metric);
+                for metric in ALL_METRICS.iter().filter(|m| m.mode == mode) {
+                    let floor = self.row(qos, metric, Who::Floor);
+                    let trivial = self.row(qos, metric, Who::Trivial);
                     figures.insert(
                         metric.name.to_owned(),
                         json!({
                             "unit": metric.unit,
-                            "daemon": trio(row.daemon),
-                            "floor": trio(row.floor),
-                            "ratio": trio(row.ratio),
-                            "best_ratio": row.best,
+                            "daemon": trio(floor.daemon),
+                            "floor": trio(floor.reference),
+                            "trivial": trio(trivial.reference),
+                            "ratio": trio(floor.ratio),
+                            "best_ratio": floor.best,
+                            "ratio_to_trivial": trio(trivial.ratio),
+                            "best_ratio_to_trivial": trivial.best,
                         }),
                     );
                 }
@@ -1580,7 +1937,7 @@ impl Report {
                                 "missing": r.missing, "duplicates": r.duplicates,
                                 "wrong": r.wrong, "raced": r.raced, "passed": r.passed,
                                 "cpu_per_10k_s": r.cpu_per_10k, "peak_rss_kib": r.hwm_kib,
-                                "ready_ms": r.ready_ms,
+                                "ready_ms": r.ready_ms.is_finite().then_some(r.ready_ms),
                             })
                         })
                         .collect()
@@ -1592,13 +1949,20 @@ impl Report {
                     "figures": figures,
                     "daemon_runs": runs(Who::Daemon),
                     "floor_runs": runs(Who::Floor),
+                    "trivial_runs": runs(Who::Trivial),
                 }));
             }
         }
-        let (missing, duplicates, wrong, raced) = self.losses();
+        let losses = |who| {
+            let (missing, duplicates, wrong) = self.losses(who);
+            json!({"missing": missing, "duplicates": duplicates, "wrong": wrong})
+        };
         json!({
             "machine": self.machine,
             "broker": self.broker,
+            "floor": "the examiner's peer answering its own commands on its one connection",
+            "trivial": "a responder process with no logic (the library's session and driver) \
+                        in the daemon's place",
             "load_average": {"before": self.load.0, "after": self.load.1},
             "repetitions": self.opts.reps,
             "quick": self.opts.quick,
@@ -1607,17 +1971,20 @@ impl Report {
             "daemon": {
                 "peak_rss_kib": trio(self.peak_rss()),
                 "ready_ms": trio(self.ready(Who::Daemon)),
-                "floor_ready_ms": trio(self.ready(Who::Floor)),
+                "trivial_ready_ms": trio(self.ready(Who::Trivial)),
                 "idle_wakeups_per_sec": trio(self.idle()),
                 "idle_allowance_per_sec": self.idle_allowance(),
                 "stripped_binary_bytes": self.stripped,
-                "missing": missing,
-                "duplicates": duplicates,
-                "wrong": wrong,
-                "raced_runs": raced,
             },
-            "targets": self.verdicts().into_iter().map(|(what, value, target, ok)| json!({
-                "what": what, "worst_qos_best_ratio": value, "target": target, "pass": ok,
+            "losses": {
+                "daemon": losses(Who::Daemon),
+                "floor": losses(Who::Floor),
+                "trivial": losses(Who::Trivial),
+                "raced_runs": self.raced(),
+            },
+            "targets": self.verdicts().into_iter().map(|v| json!({
+                "what": v.what, "worst_qos_best_ratio": v.value, "target": v.target,
+                "pass": v.ok, "worst_qos_best_ratio_to_trivial": v.vs_trivial,
             })).collect::<Vec<_>>(),
         })
     }

@@ -188,22 +188,7 @@ pub async fn examine(
             ..Vars::default()
         })
         .map_err(|e| ExamineError::Settings(format!("login topic {e}")))?;
-    let mut session = Session::new(
-        SessionConfig {
-            protocol: exam.connection.protocol,
-            client_id: exam.connection.client_id.clone(),
-            username: exam.connection.username.clone(),
-            password: exam.connection.password.clone(),
-            keep_alive: Duration::from_secs(30),
-            max_inflight: 20,
-            max_incoming_packet: 1 << 20,
-            session_expiry: 600,
-            will: None,
-            manual_acks: false,
-            clean_first: true,
-        },
-        now,
-    );
+    let mut session = Session::new(peer_session_config(&exam.connection), now);
     let mut app = Fleet {
         deadline: now + exam.timeout,
         exam,
@@ -269,6 +254,26 @@ pub async fn examine(
         timed_out: app.timed_out,
         reconnects,
     })
+}
+
+/// The session settings of the examiner's connection: a keep-alive of 30 s, at most 20
+/// publishes in flight (mosquitto's default queue), acknowledgements on arrival, and a
+/// clean start. Public so that the round-trip benchmark's floor connects exactly as the
+/// examiner does.
+pub fn peer_session_config(connection: &PeerConnection) -> SessionConfig {
+    SessionConfig {
+        protocol: connection.protocol,
+        client_id: connection.client_id.clone(),
+        username: connection.username.clone(),
+        password: connection.password.clone(),
+        keep_alive: Duration::from_secs(30),
+        max_inflight: 20,
+        max_incoming_packet: 1 << 20,
+        session_expiry: 600,
+        will: None,
+        manual_acks: false,
+        clean_first: true,
+    }
 }
 
 /// Several examiners on one connection: the login subscription is shared, and each
