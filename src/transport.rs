@@ -110,6 +110,7 @@ impl Endpoint {
         // Without this a QoS 2 round trip waits on Nagle's algorithm (~40 ms per step).
         tcp.set_nodelay(true)
             .map_err(|e| OpenError::Tcp(self.addr(), e))?;
+        let tcp = QuickAck(tcp);
         let Some((config, trust)) = &self.tls else {
             return Ok(Box::pin(tcp));
         };
@@ -125,6 +126,63 @@ impl Endpoint {
             .await
             .map_err(tls_err)?;
         Ok(Box::pin(stream))
+    }
+}
+
+/// TCP that acknowledges what it reads at once. A broker with Nagle's algorithm on (stock
+/// mosquitto) holds its next small packet until the previous one is acknowledged, and
+/// Linux delays that ACK up to 40 ms when we have nothing to send back (after a PUBCOMP, say):
+/// re-arming TCP_QUICKACK after every read (the flag does not stick) removes that stall.
+struct QuickAck(TcpStream);
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if polled.is_ready() {
+            // Best effort: a failure only brings the delay back.
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
