@@ -162,6 +162,7 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 tls_failure = matches!(e, OpenError::Tls { .. });
+                app.will_refused(None, &mut session, &addr);
                 e.to_string()
             }
             Ok(stream) => {
@@ -678,7 +679,19 @@ impl ResponderApp {
         addr: &str,
     ) -> Option<WillChange> {
         let presence = self.presence.as_mut()?;
-        let change = presence.will_refused(trouble?)?;
+        let Some(trouble) = trouble else {
+            // Failed for another reason (no connection, a timeout): a guess made on the
+            // previous close cannot be told apart any more, so it is dropped.
+            if presence.drop_guess() {
+                session.set_will(Some(presence.will()));
+                tracing::info!(
+                    "the attempt after a guess about the Last Will failed for another reason; \
+                     back to the usual Will"
+                );
+            }
+            return None;
+        };
+        let change = presence.will_refused(trouble)?;
         let will = presence.will();
         let qos = will.qos;
         session.set_will(Some(will));
@@ -1138,6 +1151,8 @@ impl App for ResponderApp {
         self.notifier.stopping("stopping");
         if self.replies.is_empty() {
             tracing::info!("stopping: nothing in flight; disconnecting");
+            // The offline record and the broker's close share the stop's bound too.
+            self.stop_deadline = Some(now + self.drain_timeout);
             self.finish(Farewell::Stopped, session, now);
         } else {
             tracing::info!(

@@ -195,6 +195,17 @@ impl Presence {
         }
     }
 
+    /// A connection attempt failed for a reason that is not the Will: a guess pending from
+    /// the previous close is dropped (back to QoS 1, retained). Whether there was one.
+    pub fn drop_guess(&mut self) -> bool {
+        if !std::mem::take(&mut self.will_guess) {
+            return false;
+        }
+        self.will_qos = PRESENCE_QOS;
+        self.will_retain = true;
+        true
+    }
+
     /// A CONNACK arrived: the online record is due at once (every connect announces
     /// itself), and what the broker allows decides QoS and retain for this connection.
     /// Records never go above the Will's QoS: the broker took that one, and a 3.1.1 broker
@@ -521,6 +532,24 @@ mod tests {
             !p.handle_connected(QoS::ExactlyOnce, true, t)
                 .will_guess_confirmed
         );
+    }
+
+    #[test]
+    fn an_attempt_failing_otherwise_drops_the_guess() {
+        let t = Instant::now();
+        let mut p = Presence::new(&session()).unwrap();
+        assert!(!p.drop_guess(), "nothing to drop");
+        p.will_refused(WillTrouble::ClosedWithoutConnAck);
+        p.will_refused(WillTrouble::ClosedWithoutConnAck);
+        assert!(p.drop_guess());
+        let will = p.will();
+        assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
+        // The next CONNACK confirms nothing.
+        assert!(
+            !p.handle_connected(QoS::ExactlyOnce, true, t)
+                .will_guess_confirmed
+        );
+        assert!(p.online(record(), t).retain);
     }
 
     #[test]

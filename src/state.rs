@@ -165,11 +165,13 @@ impl StateFile {
         if !self.unsynced {
             return Ok(());
         }
+        // Whatever the outcome, the next try is a second away: a failing disk must not
+        // have the daemon's timer retry in a busy loop.
+        self.last_sync = Some(Instant::now());
         File::open(&self.path)
             .and_then(|f| f.sync_data())
             .map_err(|e| self.io(e))?;
         self.sync_dir()?;
-        self.last_sync = Some(Instant::now());
         self.unsynced = false;
         Ok(())
     }
@@ -284,6 +286,17 @@ mod tests {
         file.sync().unwrap();
         assert_eq!(file.sync_due(), None);
         file.sync().unwrap();
+        // An fsync that fails is tried again a second later, not at once.
+        file.save(&state).unwrap();
+        file.save(&state).unwrap();
+        if file.sync_due().is_some() {
+            fs::remove_file(file.path()).unwrap();
+            let failed_at = Instant::now();
+            assert!(file.sync().is_err());
+            let due = file.sync_due().expect("still owed");
+            assert!(due >= failed_at + SYNC_INTERVAL, "retried a second later");
+            file.save(&state).unwrap();
+        }
         assert_eq!(file.load().unwrap(), Some(state));
         assert!(!dir.path().join("state.json.tmp").exists());
         file.clear().unwrap();

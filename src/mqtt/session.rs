@@ -301,6 +301,11 @@ impl Session {
                     Ok(p) => p,
                     Err(CodecError::Incomplete) => return Ok(()),
                     Err(CodecError::TooLarge { .. }) if self.config.protocol == Protocol::V311 => {
+                        if self.link == Link::AwaitingConnAck {
+                            return Err(SessionError::Protocol(
+                                "expected CONNACK, got a packet too large to read".to_owned(),
+                            ));
+                        }
                         let Some(head) = PublishHead::read_v311(buf)? else {
                             return Ok(());
                         };
@@ -2324,6 +2329,24 @@ mod tests {
         assert_eq!(
             sent4(&mut s),
             vec![b4::Packet::PubComp(b4::PubComp::new(7))]
+        );
+    }
+
+    #[test]
+    fn oversized_v311_publish_before_connack_is_an_error() {
+        let t0 = Instant::now();
+        let mut config = cfg(Protocol::V311);
+        config.max_incoming_packet = 64;
+        let mut s = Session::new(config, t0);
+        s.handle_transport_up(t0);
+        let mut buf =
+            BytesMut::from(&wire4(vec![inbound4(1, Q4::AtLeastOnce, false, &"x".repeat(100))])[..]);
+        let err = s.handle_bytes(&mut buf, t0).unwrap_err();
+        assert!(matches!(err, SessionError::Protocol(_)), "{err}");
+        assert!(
+            sent4(&mut s)
+                .iter()
+                .all(|p| !matches!(p, b4::Packet::PubAck(_)))
         );
     }
 
