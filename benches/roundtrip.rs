@@ -71,7 +71,6 @@ use tokio_util::sync::CancellationToken;
 use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
 use mqtt_responder::examine::{self, Examination, PeerConnection};
-use mqtt_responder::mqtt::packet::Publish;
 use mqtt_responder::mqtt::session::{Event, Session};
 use mqtt_responder::mqtt::{Protocol, QoS};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
@@ -985,20 +984,7 @@ impl Answerer {
     }
 
     fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
-        session.publish(message(topic, payload, self.qos), now);
-    }
-}
-
-fn message(topic: String, payload: Bytes, qos: QoS) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        pkid: 0,
-        topic,
-        payload,
-        response_topic: None,
-        correlation_data: None,
+        session.publish(examine::publish(topic, payload, self.qos), now);
     }
 }
 
@@ -1039,9 +1025,13 @@ impl SelfTalk<'_> {
                     response_topic,
                     correlation_data,
                 } => {
-                    let mut publish = message(topic, payload, qos);
-                    publish.response_topic = response_topic;
-                    publish.correlation_data = correlation_data;
+                    let publish = examine::action_publish(
+                        topic,
+                        payload,
+                        qos,
+                        response_topic,
+                        correlation_data,
+                    );
                     session.publish(publish, now);
                 }
                 Action::Finished => self.examiner_done = true,

@@ -358,9 +358,8 @@ impl Fleet<'_> {
                         response_topic,
                         correlation_data,
                     } => {
-                        let mut message = publish(topic, payload, qos);
-                        message.response_topic = response_topic;
-                        message.correlation_data = correlation_data;
+                        let message =
+                            action_publish(topic, payload, qos, response_topic, correlation_data);
                         session.publish(message, now);
                     }
                     Action::Finished => {}
@@ -395,7 +394,8 @@ impl Fleet<'_> {
     }
 }
 
-fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
+/// A plain publish (not retained, no MQTT 5 properties) for the session to send.
+pub fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
     Publish {
         dup: false,
         qos,
@@ -405,6 +405,21 @@ fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
         payload,
         response_topic: None,
         correlation_data: None,
+    }
+}
+
+/// The session's publish for an examiner's `Action::Publish`.
+pub fn action_publish(
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    response_topic: Option<String>,
+    correlation_data: Option<Bytes>,
+) -> Publish {
+    Publish {
+        response_topic,
+        correlation_data,
+        ..publish(topic, payload, qos)
     }
 }
 
