@@ -5,21 +5,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, finish, text};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
-
-fn command() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("RUST_LOG")
-        .env_remove("MQTT_RESPONDER_CONFIG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
-}
+use support::{Mosquitto, bin_command, daemon_command, finish, text};
 
 fn daemon_config(dir: &Path, port: u16, user_id: &str, qos: u8, replies: &str) -> PathBuf {
     let toml = format!(
@@ -33,12 +22,7 @@ fn daemon_config(dir: &Path, port: u16, user_id: &str, qos: u8, replies: &str) -
 }
 
 fn spawn_daemon(config: &Path) -> Child {
-    command()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    daemon_command(config).spawn().unwrap()
 }
 
 /// Starts `examine` against `broker` and waits until it listens for logins (its
@@ -46,7 +30,7 @@ fn spawn_daemon(config: &Path) -> Child {
 fn spawn_examine(broker: &Mosquitto, client_id: &str, args: &[&str]) -> Child {
     let mark = broker.log_mark();
     let port = broker.port().to_string();
-    let child = command()
+    let child = bin_command()
         .args([
             "examine",
             "--host",
@@ -77,7 +61,7 @@ fn spawn_examine(broker: &Mosquitto, client_id: &str, args: &[&str]) -> Child {
 #[test]
 fn demo_runs_the_whole_exchange_with_nothing_installed() {
     let started = Instant::now();
-    let child = command()
+    let child = bin_command()
         .args(["demo", "--delay-ms", "100", "--commands", "9"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,7 +91,7 @@ fn demo_runs_the_whole_exchange_with_nothing_installed() {
     assert!(started.elapsed() < Duration::from_secs(15));
 
     // MQTT 5 at QoS 1 too.
-    let child = command()
+    let child = bin_command()
         .args(["demo", "--delay-ms", "100", "--protocol", "5", "--qos", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

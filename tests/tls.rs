@@ -16,9 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mqtt_responder::protocol::examiner::ExaminerSettings;
-use support::{Mosquitto, exchange, finish, text};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
+use support::{Mosquitto, bin_command, daemon_command, exchange, finish, text};
 
 /// How long a daemon that cannot connect may take to give up (two or three attempts with
 /// backoff capped at 1 s take well under that).
@@ -157,22 +155,8 @@ fn ca_line(ca: &Path) -> String {
     format!("ca_file = \"{}\"\n", ca.display())
 }
 
-fn command() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("MQTT_RESPONDER_CONFIG")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
-}
-
 fn spawn_daemon(config: &Path) -> Child {
-    command()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    daemon_command(config).spawn().unwrap()
 }
 
 /// Runs the daemon with `toml` until it gives up; its exit code and log.
@@ -343,7 +327,7 @@ fn mutual_tls_passes_with_a_client_certificate_and_fails_clearly_without() {
     // the log); no device logs in, so it gives up after a second with exit 1.
     let mark = broker.log_mark();
     let port = broker.port().to_string();
-    let examiner = command()
+    let examiner = bin_command()
         .args([
             "examine",
             "--host",
@@ -407,8 +391,7 @@ fn examine_cli_over_tls_with_credentials_that_are_never_logged() {
 
     let mark = broker.log_mark();
     let port = broker.port().to_string();
-    let examiner = command()
-        .env_remove("RUST_LOG")
+    let examiner = bin_command()
         .args(["examine", "--host", "127.0.0.1", "--port", &port, "--tls"])
         .arg("--ca-file")
         .arg(&ca)

@@ -3,7 +3,7 @@
 //! exchange and interop tests; the fault tests drive their own, with faults in between.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use mqtt_responder::config::{self, Config};
@@ -12,8 +12,6 @@ use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
 
 use super::write_config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
 
 /// Upper bound for one exchange, far above what it takes (about a second for 1,000 QoS 2
 /// commands in a debug build).
@@ -132,14 +130,8 @@ pub fn run(
 }
 
 fn spawn_daemon(config: &Path, dir: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
+    super::daemon_command(config)
         .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start the daemon")
 }

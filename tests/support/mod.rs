@@ -159,6 +159,27 @@ fn find_executable(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// The binary under test, kept from the caller's environment: no config path or log
+/// filter from it, no colour, no stdin.
+pub fn bin_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-responder"));
+    cmd.env_remove("RUST_LOG")
+        .env_remove("MQTT_RESPONDER_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `run --config config` at INFO, its log (stderr) piped, stdout discarded; spawn it.
+pub fn daemon_command(config: &Path) -> Command {
+    let mut cmd = bin_command();
+    cmd.args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Waits for `child` to exit and collects its output; SIGKILLs it (by PID) and fails the
 /// test after `timeout`.
 pub fn finish(child: Child, timeout: Duration) -> Output {
