@@ -539,6 +539,7 @@ impl Bench {
             noise: Vec::new(),
             timeout: EXAM_TIMEOUT + EXAM_TIMEOUT_PER_ROUND * (n / window) as u32,
             progress: None,
+            gate: None,
         };
         let endpoint = endpoint(self.port, &exam.connection.client_id)?;
         let probe = Rc::new(RefCell::new(Probe::new(n)));
@@ -727,6 +728,7 @@ async fn self_talk(
         &mut app,
         examine::CONNACK_TIMEOUT,
         &never,
+        None,
     );
     match tokio::time::timeout(exam.timeout + EXIT_TIMEOUT, run).await {
         Ok(driver::End::Disconnected) => {}
@@ -1150,6 +1152,7 @@ impl TrivialResponder {
                 &mut self,
                 Duration::from_secs(10),
                 &never,
+                None,
             )
             .await;
             match end {

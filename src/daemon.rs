@@ -170,7 +170,7 @@ pub async fn run(
                     reconnects += 1;
                 }
                 app.reconnects = reconnects;
-                let end = driver::run_connection_with_reload(
+                let end = driver::run_connection_with_wake(
                     stream,
                     &mut session,
                     &mut app,
@@ -1177,7 +1177,7 @@ impl App for ResponderApp {
         })
     }
 
-    fn handle_reload(&mut self, _session: &mut Session, _now: Instant) {
+    fn handle_wake(&mut self, _session: &mut Session, _now: Instant) {
         self.reload();
     }
 

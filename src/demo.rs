@@ -93,6 +93,7 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
         noise: Vec::new(),
         timeout: options.delay + Duration::from_secs(30),
         progress: None,
+        gate: None,
     };
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

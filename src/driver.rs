@@ -43,8 +43,9 @@ pub trait App {
     /// Called once the session's pending bytes are written: the place to announce what
     /// those packets achieve (systemd's READY=1 after the login is on the wire).
     fn after_transmit(&mut self) {}
-    /// SIGHUP: reload what can be reloaded without touching the connection.
-    fn handle_reload(&mut self, session: &mut Session, now: Instant) {
+    /// The caller's `wake` was notified: the daemon reloads (SIGHUP) what it can without
+    /// touching the connection; the examiner opens its command gate.
+    fn handle_wake(&mut self, session: &mut Session, now: Instant) {
         let _ = (session, now);
     }
 }
@@ -77,13 +78,15 @@ pub enum End {
 /// Opens a stream to `endpoint` and runs connections over it until one ends other than by
 /// the 3.1.1 purge of an old session (the purge is followed by the real connection at
 /// once, so callers never see [`End::Purged`]). An `endpoint` that cannot be reached is an
-/// [`End::Lost`] that never connected.
+/// [`End::Lost`] that never connected. Each notification of `wake` goes to
+/// [`App::handle_wake`].
 pub async fn open_and_run(
     endpoint: &Endpoint,
     session: &mut Session,
     app: &mut dyn App,
     connect_timeout: Duration,
     shutdown: &CancellationToken,
+    wake: Option<&Notify>,
 ) -> End {
     // A purge happens once per session; the bound only guards against a broker that keeps
     // answering a clean start with session present.
@@ -99,7 +102,8 @@ pub async fn open_and_run(
                 };
             }
         };
-        match run_connection(stream, session, app, connect_timeout, shutdown).await {
+        match run_connection_with_wake(stream, session, app, connect_timeout, shutdown, wake).await
+        {
             End::Purged => continue,
             end => return end,
         }
@@ -121,17 +125,17 @@ pub async fn run_connection(
     connect_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> End {
-    run_connection_with_reload(stream, session, app, connect_timeout, shutdown, None).await
+    run_connection_with_wake(stream, session, app, connect_timeout, shutdown, None).await
 }
 
-/// [`run_connection`], also passing each notification of `reload` (SIGHUP) to the app.
-pub async fn run_connection_with_reload(
+/// [`run_connection`], also passing each notification of `wake` to [`App::handle_wake`].
+pub async fn run_connection_with_wake(
     mut stream: BoxStream,
     session: &mut Session,
     app: &mut dyn App,
     connect_timeout: Duration,
     shutdown: &CancellationToken,
-    reload: Option<&Notify>,
+    wake: Option<&Notify>,
 ) -> End {
     let started = Instant::now();
     let connack_deadline = started + connect_timeout;
@@ -192,8 +196,8 @@ pub async fn run_connection_with_reload(
                 shutdown_seen = true;
                 app.handle_shutdown(session, Instant::now());
             }
-            () = reloaded(reload) => {
-                app.handle_reload(session, Instant::now());
+            () = woken(wake) => {
+                app.handle_wake(session, Instant::now());
             }
             read = stream.read_buf(&mut rbuf) => {
                 let now = Instant::now();
@@ -274,10 +278,10 @@ fn is_reset(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
-/// Resolves on the next notification of `reload`; never without one.
-async fn reloaded(reload: Option<&Notify>) {
-    match reload {
-        Some(reload) => reload.notified().await,
+/// Resolves on the next notification of `wake`; never without one.
+async fn woken(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
         None => std::future::pending().await,
     }
 }

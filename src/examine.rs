@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, App, End};
 use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
 use crate::mqtt::{Protocol, QoS};
-use crate::protocol::examiner::{Action, Examiner, ExaminerSettings, Note, Phase, Report};
+use crate::protocol::examiner::{
+    Action, Examiner, ExaminerSettings, Note, Phase, Report, SUBSCRIBE_ATTEMPTS,
+};
 use crate::topic::Vars;
 use crate::transport::Endpoint;
 
@@ -24,7 +26,8 @@ use crate::transport::Endpoint;
 /// restart.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// How long the examiner waits for a CONNACK before it tries again.
+/// How long the examiner waits for a CONNACK, or for the SUBACK of its login subscription,
+/// before it tries again.
 pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Without any connection for this long, the examination gives up.
@@ -68,6 +71,8 @@ pub struct Examination {
     pub timeout: Duration,
     /// Kept up to date with the number of commands answered so far (all devices).
     pub progress: Option<Arc<AtomicUsize>>,
+    /// Notified to send the commands that `settings.pause_after` holds back.
+    pub gate: Option<Arc<Notify>>,
 }
 
 /// What a single-device run can do besides the settings.
@@ -79,6 +84,19 @@ pub struct RunOptions {
     pub ready: Option<oneshot::Sender<()>>,
     /// Kept up to date with the number of commands answered so far.
     pub progress: Option<Arc<AtomicUsize>>,
+    /// Hold commands back until a test opens the gate.
+    pub gate: Option<CommandGate>,
+}
+
+/// Commands held back for a test: the first `after` go out, the rest once `open` is
+/// notified (once; a notification before the pause is kept), so that what the test does in
+/// between happens mid-run by construction, whatever the machine's speed.
+#[derive(Debug)]
+pub struct CommandGate {
+    /// Commands sent before the gate.
+    pub after: usize,
+    /// Notify once to send the rest.
+    pub open: Arc<Notify>,
 }
 
 /// The result of an examination.
@@ -140,7 +158,7 @@ pub async fn run(
     let options = RunOptions {
         noise,
         ready,
-        progress: None,
+        ..RunOptions::default()
     };
     run_with(endpoint, connection, settings, options).await
 }
@@ -152,6 +170,8 @@ pub async fn run_with(
     settings: ExaminerSettings,
     options: RunOptions,
 ) -> Result<Report, ExamineError> {
+    let mut settings = settings;
+    settings.pause_after = options.gate.as_ref().map(|g| g.after);
     let exam = Examination {
         connection,
         settings,
@@ -159,6 +179,7 @@ pub async fn run_with(
         noise: options.noise,
         timeout: Duration::from_secs(600),
         progress: options.progress,
+        gate: options.gate.map(|g| g.open),
     };
     let outcome = examine(endpoint, exam, &mut |_, _| {}, options.ready).await?;
     outcome
@@ -199,21 +220,34 @@ pub async fn examine(
         subscriptions: HashMap::new(),
         broker_qos: QoS::ExactlyOnce,
         login_granted: None,
+        login_subscribing: None,
+        failure: None,
         ready,
         observe,
         timed_out: false,
         disconnect_sent: false,
     };
     let never = CancellationToken::new();
+    let gate = app.exam.gate.clone();
     let mut reconnects = 0;
     let mut offline_since: Option<Instant> = None;
     // Bounded: each connected stretch ends the run or counts a loss (and the examination's
     // timeout bounds those); offline stretches are bounded by GIVE_UP_AFTER.
     loop {
-        let end =
-            driver::open_and_run(endpoint, &mut session, &mut app, CONNACK_TIMEOUT, &never).await;
+        let end = driver::open_and_run(
+            endpoint,
+            &mut session,
+            &mut app,
+            CONNACK_TIMEOUT,
+            &never,
+            gate.as_deref(),
+        )
+        .await;
         let failure = match end {
-            End::Disconnected => break,
+            End::Disconnected => match app.failure.take() {
+                Some(failure) => return Err(ExamineError::Connection(failure)),
+                None => break,
+            },
             // open_and_run carries a purge through to the real connection.
             End::Purged => "the old session could not be cleared".to_owned(),
             End::Refused(code) => {
@@ -227,6 +261,7 @@ pub async fn examine(
                     offline_since = None;
                     reconnects += 1;
                     app.subscriptions.clear();
+                    app.login_subscribing = None;
                     for examiner in &mut app.examiners {
                         examiner.handle_disconnected(Instant::now());
                     }
@@ -291,6 +326,10 @@ struct Fleet<'a> {
     /// QoS granted on the shared login subscription, passed on to every examiner: a 3.1.1
     /// broker announces its maximum QoS only this way.
     login_granted: Option<QoS>,
+    /// The login SUBSCRIBE awaiting its SUBACK: until when, and how many were sent.
+    login_subscribing: Option<(Instant, u32)>,
+    /// Why the examination cannot go on (it disconnects and returns this).
+    failure: Option<String>,
     ready: Option<oneshot::Sender<()>>,
     observe: &'a mut dyn FnMut(usize, &Note),
     deadline: Instant,
@@ -300,6 +339,11 @@ struct Fleet<'a> {
 
 impl Fleet<'_> {
     fn subscribe(&mut self, session: &mut Session, filter: String, owner: Option<usize>) {
+        let now = Instant::now();
+        if owner.is_none() {
+            let attempts = self.login_subscribing.map_or(0, |(_, n)| n) + 1;
+            self.login_subscribing = Some((now + CONNACK_TIMEOUT, attempts));
+        }
         let qos = self.exam.settings.qos.min(self.broker_qos);
         if let Some(pkid) = session.subscribe(vec![(filter.clone(), qos)], Instant::now()) {
             self.subscriptions.insert(pkid, (filter, owner));
@@ -381,6 +425,29 @@ impl Fleet<'_> {
         }
     }
 
+    /// No SUBACK for the login subscription within [`CONNACK_TIMEOUT`]: subscribe again, or
+    /// after [`SUBSCRIBE_ATTEMPTS`] end the examination saying what never came.
+    fn login_suback_overdue(&mut self, session: &mut Session, attempts: u32, now: Instant) {
+        if attempts >= SUBSCRIBE_ATTEMPTS {
+            self.login_subscribing = None;
+            self.failure = Some(format!(
+                "the broker never acknowledged the examiner's subscription to the login topic \
+                 {}: no SUBACK within {CONNACK_TIMEOUT:?}, {attempts} times",
+                self.login_topic
+            ));
+            session.disconnect(now);
+            self.disconnect_sent = true;
+            return;
+        }
+        tracing::warn!(
+            "no SUBACK for the login subscription to {} within {CONNACK_TIMEOUT:?}; \
+             subscribing again (attempt {} of {SUBSCRIBE_ATTEMPTS})",
+            self.login_topic,
+            attempts + 1
+        );
+        self.subscribe(session, self.login_topic.clone(), None);
+    }
+
     fn send_noise(&mut self, index: usize, session: &mut Session, now: Instant) {
         let Some(command_topic) = self.examiners[index].command_topic().map(str::to_owned) else {
             return;
@@ -444,6 +511,7 @@ impl App for Fleet<'_> {
                             self.examiners[index].handle_subscribed(&topic, granted, now)
                         }
                         None => {
+                            self.login_subscribing = None;
                             self.login_granted = granted;
                             for examiner in &mut self.examiners {
                                 examiner.handle_subscribed(&topic, granted, now);
@@ -491,10 +559,12 @@ impl App for Fleet<'_> {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let deadline = (!self.timed_out).then_some(self.deadline);
+        let login_suback = self.login_subscribing.map(|(until, _)| until);
         self.examiners
             .iter()
             .filter_map(Examiner::poll_timeout)
             .chain(deadline)
+            .chain(login_suback)
             .min()
     }
 
@@ -502,6 +572,11 @@ impl App for Fleet<'_> {
         if now >= self.deadline && !self.timed_out {
             tracing::warn!("examination timed out");
             self.timed_out = true;
+        }
+        if let Some((until, attempts)) = self.login_subscribing
+            && now >= until
+        {
+            self.login_suback_overdue(session, attempts, now);
         }
         for examiner in &mut self.examiners {
             if examiner.poll_timeout().is_some_and(|t| now >= t) {
@@ -512,6 +587,14 @@ impl App for Fleet<'_> {
     }
 
     fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn handle_wake(&mut self, session: &mut Session, now: Instant) {
+        // The gate opened.
+        for examiner in &mut self.examiners {
+            examiner.resume(now);
+        }
+        self.run_actions(session, now);
+    }
 
     fn wants_disconnect(&self) -> bool {
         self.disconnect_sent

@@ -161,6 +161,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         uuid: None,
         ignore_logins: 0,
         response_topic,
+        pause_after: None,
     };
     let exam = Examination {
         connection: PeerConnection {
@@ -173,6 +174,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         logins: usize::try_from(args.logins).unwrap_or(usize::MAX),
         noise: Vec::new(),
         timeout: Duration::from_secs(args.timeout),
+        gate: None,
         progress: None,
     };
     Ok((endpoint, exam))

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Mosquitto, bin_command, daemon_command, finish, text};
 
@@ -60,7 +60,6 @@ fn spawn_examine(broker: &Mosquitto, client_id: &str, args: &[&str]) -> Child {
 
 #[test]
 fn demo_runs_the_whole_exchange_with_nothing_installed() {
-    let started = Instant::now();
     let child = bin_command()
         .args(["demo", "--delay-ms", "100", "--commands", "9"])
         .stdout(Stdio::piped())
@@ -88,7 +87,6 @@ fn demo_runs_the_whole_exchange_with_nothing_installed() {
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
-    assert!(started.elapsed() < Duration::from_secs(15));
 
     // MQTT 5 at QoS 1 too.
     let child = bin_command()

@@ -4,10 +4,12 @@
 //!
 //! Each scenario runs a whole exchange (the daemon binary and the library's examiner, which
 //! resumes its own session when it loses its connection) while a fault thread injects the
-//! fault at a point the examiner's progress counter or the daemon's log says has been
-//! reached. Faults meant for the daemon only go through a [`Proxy`] in front of the daemon;
-//! the examiner always talks to the broker directly. Every wait is a polled condition with
-//! a bounded deadline.
+//! fault. Where it lands is fixed by construction, not by timing: the [`Proxy`] in front of
+//! the daemon freezes right after the k-th PUBLISH it passed to the daemon (so the daemon
+//! holds a command it has not been able to answer) and the fault goes in while it is frozen;
+//! or the examiner holds the rest of its commands back until the test opens its gate. The
+//! examiner always talks to the broker directly. Every wait is a polled condition with a
+//! bounded deadline derived from the scenario's configuration.
 
 mod support;
 
@@ -16,13 +18,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::thread;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use mqtt_responder::config;
-use mqtt_responder::examine::{self, PeerConnection, RunOptions};
+use mqtt_responder::examine::{self, CommandGate, PeerConnection, RunOptions};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
+use support::exchange::READY_TIMEOUT;
 use support::proxy::Proxy;
 use support::{Mosquitto, raw, wait_until, write_config};
 
@@ -44,6 +49,8 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Keep-alive of the daemon in these tests (the configuration's minimum).
 const KEEP_ALIVE_SECS: u64 = 5;
+/// `connect_timeout_secs` of the daemon in these tests.
+const CONNECT_TIMEOUT_SECS: u64 = 2;
 
 /// One exchange with faults.
 struct Scenario {
@@ -65,6 +72,8 @@ struct Scenario {
     timeout: Duration,
     /// Give the daemon a `state_dir` (crash-safe resume).
     state_dir: bool,
+    /// Hold the examiner's commands back after the first few, until the test opens it.
+    gate: Option<CommandGate>,
 }
 
 impl Scenario {
@@ -82,7 +91,15 @@ impl Scenario {
             wait_ready: true,
             timeout: EXCHANGE_TIMEOUT,
             state_dir: false,
+            gate: None,
         }
+    }
+
+    /// The longest the daemon may take to connect again after losing its connection: the
+    /// backoff's ceiling and one connect timeout, plus two seconds for the processes to be
+    /// scheduled on a busy machine.
+    fn reconnect_bound(&self) -> Duration {
+        Duration::from_secs(self.max_delay_secs + CONNECT_TIMEOUT_SECS + 2)
     }
 
     fn client_id(&self) -> String {
@@ -95,7 +112,7 @@ impl Scenario {
             .unwrap_or_default();
         format!(
             "[broker]\nhost = \"127.0.0.1\"\nport = {port}\nprotocol = \"{}\"\n\
-             keep_alive_secs = {KEEP_ALIVE_SECS}\nconnect_timeout_secs = 2\n\n\
+             keep_alive_secs = {KEEP_ALIVE_SECS}\nconnect_timeout_secs = {CONNECT_TIMEOUT_SECS}\n\n\
              [session]\nuser_id = \"{}\"\nqos = {}\nlogin_timeout_secs = {}\n{state_dir}\n\
              [reconnect]\ninitial_delay_ms = 100\nmax_delay_secs = {}\nmax_attempts = 0\n",
             self.protocol, self.user, self.qos, self.login_timeout_secs, self.max_delay_secs
@@ -151,16 +168,20 @@ impl Scenario {
                 let options = RunOptions {
                     ready: Some(ready_tx),
                     progress: Some(progress),
+                    gate: self.gate,
                     ..RunOptions::default()
                 };
                 let peer = tokio::task::spawn_local(async move {
                     examine::run_with(&endpoint, connection, settings, options).await
                 });
                 if self.wait_ready {
-                    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+                    let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx)
                         .await
-                        .expect("the examiner subscribes to logins within 10 s")
-                        .expect("the examiner reports readiness");
+                        .expect("the examiner subscribes to logins in time");
+                    if ready.is_err() {
+                        let ended = peer.await;
+                        panic!("the examiner ended before it listened for logins: {ended:?}");
+                    }
                 }
                 watch.start_daemon();
                 let faults = scope.spawn(|| faults(&watch));
@@ -348,7 +369,32 @@ impl Outcome {
     }
 }
 
-/// The connection is cut once mid-stream; the daemon reconnects and resumes its session.
+/// What the daemon receives before the fault of a mid-stream scenario: the UUID and a third
+/// of the commands. The proxy freezes right after the last of them.
+fn publishes_before_the_fault(commands: usize) -> usize {
+    1 + commands / 3
+}
+
+/// Waits (bounded by the exchange's) for the proxy's trigger; returns the commands the
+/// examiner had seen answered by then, which by construction is not all of them.
+fn wait_for_the_freeze(proxy: &Proxy, w: &Watch, commands: usize) -> usize {
+    assert!(
+        proxy.wait_frozen(1, EXCHANGE_TIMEOUT),
+        "the daemon never received {} publishes:\n{}",
+        publishes_before_the_fault(commands),
+        w.log()
+    );
+    let answered = w.answered();
+    assert!(
+        answered < publishes_before_the_fault(commands),
+        "{answered} answered with {} commands delivered",
+        publishes_before_the_fault(commands) - 1
+    );
+    answered
+}
+
+/// The connection is cut once mid-stream, with a command delivered to the daemon and its
+/// answer not yet through; the daemon reconnects and resumes its session.
 fn cut_mid_stream(qos: u8) -> u64 {
     let broker = require_mosquitto_or!(0).start().unwrap();
     let proxy = Proxy::start(broker.port());
@@ -358,11 +404,14 @@ fn cut_mid_stream(qos: u8) -> u64 {
         proxy.port(),
         &format!("cut-q{qos}"),
         qos,
-        300,
+        commands,
     );
+    proxy.freeze_after_publishes(publishes_before_the_fault(commands));
     let (outcome, cut) = scenario.run(|w| {
-        assert!(w.wait_answered(commands / 3, Duration::from_secs(20)));
-        proxy.cut_all()
+        wait_for_the_freeze(&proxy, w, commands);
+        let cut = proxy.cut_all();
+        proxy.forward();
+        cut
     });
     outcome.print(&format!("cut at QoS {qos}"));
     assert_eq!(cut, 1, "one daemon connection was open when cut");
@@ -386,17 +435,28 @@ fn connection_cut_mid_stream_qos2_answers_nothing_twice() {
     assert_eq!(cut_mid_stream(2), 0);
 }
 
-/// The broker is restarted (persistence on) mid-stream; both the daemon and the examiner
-/// lose their connections and resume their sessions.
+/// The broker is restarted (persistence on) mid-stream, while a command delivered to the
+/// daemon waits for its answer (the proxy in front of the daemon is frozen meanwhile, and
+/// then passes the broker's close on); both the daemon and the examiner lose their
+/// connections and resume their sessions.
 fn broker_restart_mid_stream(qos: u8) -> u64 {
     let mut broker = require_mosquitto_or!(0).start().unwrap();
     let port = broker.port();
+    let proxy = Proxy::start(port);
     let commands = 300;
-    let scenario = Scenario::new(port, port, &format!("restart-q{qos}"), qos, commands);
+    let scenario = Scenario::new(
+        port,
+        proxy.port(),
+        &format!("restart-q{qos}"),
+        qos,
+        commands,
+    );
     let user = scenario.user.clone();
+    proxy.freeze_after_publishes(publishes_before_the_fault(commands));
     let (outcome, ()) = scenario.run(|w| {
-        assert!(w.wait_answered(commands / 3, Duration::from_secs(20)));
+        wait_for_the_freeze(&proxy, w, commands);
         broker.restart().unwrap();
+        proxy.forward();
     });
     outcome.print(&format!("broker restart at QoS {qos}"));
     assert!(outcome.log.contains("reconnecting in"), "{}", outcome.log);
@@ -508,10 +568,14 @@ fn half_open_connection_is_detected_by_keep_alive() {
     let proxy = Proxy::start(broker.port());
     let commands = 200;
     let scenario = Scenario::new(broker.port(), proxy.port(), "half-open", 2, commands);
+    // The link goes silent right after a command reached the daemon: its answer, and
+    // everything after it, vanish without an error.
+    proxy.freeze_after_publishes(publishes_before_the_fault(commands));
     let (outcome, detected_after) = scenario.run(|w| {
-        assert!(w.wait_answered(commands / 3, Duration::from_secs(20)));
-        proxy.black_hole();
+        wait_for_the_freeze(&proxy, w, commands);
         let holed = Instant::now();
+        // The daemon pings after a keep-alive of silence and gives up half a keep-alive
+        // later; two seconds more for scheduling on a busy machine.
         let limit = Duration::from_secs_f64(KEEP_ALIVE_SECS as f64 * 1.5) + Duration::from_secs(2);
         assert!(
             w.wait_log(
@@ -565,30 +629,47 @@ fn peer_ignoring_the_first_login_gets_a_second_one() {
 /// so, no silent storm; once it stops, the daemon finishes the run.
 fn client_id_conflict(protocol: &'static str) {
     let broker = require_mosquitto!().start().unwrap();
-    // Enough that the run outlasts the takeovers: commands queue at the broker while the
-    // daemon is off, and each stretch it is back answers at most a window of them (100
-    // commands once ended between the second takeover and the third, before any ERROR).
-    let commands = 400;
+    let (commands, before_gate) = (100, 50);
     let user = format!("conflict-v{}", if protocol == "5" { 5 } else { 4 });
     let mut scenario = Scenario::new(broker.port(), broker.port(), &user, 2, commands);
     scenario.protocol = protocol;
+    // The examiner holds the second half of its commands back until the takeovers are
+    // over, so the daemon is mid-run through all of them.
+    let gate = Arc::new(Notify::new());
+    scenario.gate = Some(CommandGate {
+        after: before_gate,
+        open: Arc::clone(&gate),
+    });
     let client_id = scenario.client_id();
     let port = broker.port();
+    let take_back_bound = scenario.reconnect_bound();
     let (outcome, takeovers) = scenario.run(|w| {
-        assert!(w.wait_answered(50, Duration::from_secs(20)));
+        let answered = w.wait_answered(before_gate, EXCHANGE_TIMEOUT);
         // Take the session over, wait until the daemon takes it back, repeat (bounded).
         let mut takeovers = 0;
         for _ in 0..5 {
+            if !answered {
+                break;
+            }
             let mut stream = raw::connect_persistent(port, &client_id, protocol == "5").unwrap();
             takeovers += 1;
-            if !raw::wait_closed(&mut stream, Duration::from_secs(5)) {
+            if !raw::wait_closed(&mut stream, take_back_bound) {
                 break;
             }
         }
+        gate.notify_one();
+        assert!(
+            answered,
+            "the first {before_gate} commands were not answered"
+        );
         takeovers
     });
     outcome.print(&format!("client-id conflict (MQTT {protocol})"));
-    assert!(takeovers >= 3, "only {takeovers} takeovers");
+    assert_eq!(
+        takeovers, 5,
+        "the daemon did not take its session back within {take_back_bound:?}:\n{}",
+        outcome.log
+    );
     let errors: Vec<&str> = outcome
         .log
         .lines()
@@ -682,19 +763,27 @@ fn chaos_10000_commands_qos2_cuts_restarts_and_a_sigkill() {
     let started = Instant::now();
     let (outcome, (cuts, restarts, kills)) = scenario.run(|w| {
         let mut rng = Rng(seed);
+        let window = ExaminerSettings::default().window;
         let (mut cuts, mut restarts, mut kills) = (0, 0, 0);
         let deadline = Instant::now() + Duration::from_secs(40);
-        for _ in 0..40 {
-            let target = w.answered() + 300 + rng.below(900) as usize;
-            if target >= commands
-                || Instant::now() >= deadline
-                || !w.wait_answered(target, Duration::from_secs(20))
-            {
+        for round in 1..=40 {
+            // Each fault lands right after the daemon received `step` more publishes, with
+            // the last of them unanswered. Only while more than `step` commands are still to
+            // reach it (at most a window of the unanswered ones are on their way already),
+            // so the trigger certainly fires.
+            let step = 300 + rng.below(900) as usize;
+            if w.answered() + step + window >= commands || Instant::now() >= deadline {
+                break;
+            }
+            proxy.freeze_after_publishes(step);
+            if !proxy.wait_frozen(round, Duration::from_secs(20)) {
                 break;
             }
             if kills == 0 && w.answered() > commands / 2 {
                 // One SIGKILL of the daemon, mid-stream; it comes back and resumes.
                 w.kill_daemon();
+                proxy.cut_all();
+                proxy.forward();
                 w.start_daemon();
                 kills += 1;
             } else if restarts < 4 && rng.below(10) < 3 {
@@ -703,7 +792,10 @@ fn chaos_10000_commands_qos2_cuts_restarts_and_a_sigkill() {
             } else {
                 cuts += proxy.cut_all().min(1);
             }
+            proxy.forward();
         }
+        proxy.disarm();
+        proxy.forward();
         (cuts, restarts, kills)
     });
     let totals = outcome.report.totals();
@@ -735,20 +827,25 @@ fn chaos_10000_commands_qos2_cuts_restarts_and_a_sigkill() {
 /// same broker session and UUID and answers what was pending — at QoS 2 nothing twice.
 fn sigkill_mid_stream(qos: u8) -> u64 {
     let broker = require_mosquitto_or!(0).start().unwrap();
+    // In front of the daemon, to kill it right after a command reached it.
+    let proxy = Proxy::start(broker.port());
     let commands = 400;
     let mut scenario = Scenario::new(
         broker.port(),
-        broker.port(),
+        proxy.port(),
         &format!("kill-q{qos}"),
         qos,
         commands,
     );
     scenario.state_dir = true;
+    proxy.freeze_after_publishes(publishes_before_the_fault(commands));
     let (outcome, state_file) = scenario.run(|w| {
-        assert!(w.wait_answered(commands / 3, Duration::from_secs(20)));
+        wait_for_the_freeze(&proxy, w, commands);
         w.kill_daemon();
         let answered_at_kill = w.answered();
         assert!(w.state_file.exists(), "no state file while answering");
+        proxy.cut_all();
+        proxy.forward();
         w.start_daemon();
         (answered_at_kill, w.state_file.clone())
     });

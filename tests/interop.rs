@@ -714,7 +714,7 @@ fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_u
                     let end = runtime.block_on(async {
                         let timeout = Duration::from_secs(5);
                         let run =
-                            driver::open_and_run(&endpoint, &mut session, &mut app, timeout, &never);
+                            driver::open_and_run(&endpoint, &mut session, &mut app, timeout, &never, None);
                         tokio::time::timeout(Duration::from_secs(20), run).await
                     });
                     assert!(

@@ -60,6 +60,9 @@ pub struct ExaminerSettings {
     /// (`{user_id}`, `{uuid}` allowed) and its own Correlation Data; responses are expected
     /// there, matched by their correlation data, instead of on `reply_topic`.
     pub response_topic: Option<Template>,
+    /// Send this many commands, then wait for [`Examiner::resume`] before the rest: a test's
+    /// gate, so that a fault lands between the two parts by construction. `None`: no pause.
+    pub pause_after: Option<usize>,
 }
 
 impl Default for ExaminerSettings {
@@ -88,6 +91,7 @@ impl Default for ExaminerSettings {
             uuid: None,
             ignore_logins: 0,
             response_topic: None,
+            pause_after: None,
         }
     }
 }
@@ -234,11 +238,16 @@ enum Timer {
     Start,
     /// No progress for `reply_timeout`: give up.
     ReplyTimeout,
+    /// A SUBSCRIBE without its SUBACK for `reply_timeout`: subscribe again, or give up.
+    SubAck,
 }
 
 impl Timer {
-    const ALL: [Timer; 2] = [Timer::Start, Timer::ReplyTimeout];
+    const ALL: [Timer; 3] = [Timer::Start, Timer::ReplyTimeout, Timer::SubAck];
 }
+
+/// SUBSCRIBEs sent for a subscription before the examiner gives up on its SUBACK.
+pub const SUBSCRIBE_ATTEMPTS: u32 = 3;
 
 /// Everything rendered once the login (and so the user ID) is known.
 #[derive(Debug)]
@@ -297,7 +306,11 @@ pub struct Examiner {
     /// Request/response mode: every command sent, by its Correlation Data (bounded by
     /// `commands`).
     requests: HashMap<Bytes, Request>,
-    timers: [Option<Instant>; 2],
+    timers: [Option<Instant>; 3],
+    /// SUBSCRIBEs sent since the last SUBACK (or connection), for [`Timer::SubAck`].
+    subscribe_attempts: u32,
+    /// Holding the commands beyond `pause_after` until [`Examiner::resume`].
+    paused: bool,
     actions: VecDeque<Action>,
     notes: VecDeque<Note>,
     report: Report,
@@ -384,7 +397,9 @@ impl Examiner {
             outstanding_total: 0,
             sent_total: 0,
             requests: HashMap::new(),
-            timers: [None; 2],
+            timers: [None; 3],
+            subscribe_attempts: 0,
+            paused: settings.pause_after.is_some(),
             actions: VecDeque::new(),
             notes: VecDeque::new(),
             report,
@@ -395,15 +410,14 @@ impl Examiner {
     /// A CONNACK arrived; `max_qos` is the broker's cap. Without `session_present` every
     /// subscription the run needs is made again.
     pub fn handle_connected(&mut self, session_present: bool, max_qos: QoS, now: Instant) {
-        let _ = now;
         self.broker_qos = max_qos;
-        self.pending_subs.clear();
+        self.clear_pending_subs();
         if self.phase == Phase::Finished {
             return;
         }
         // A session may lack a subscription whose SUBACK never came; repeating it is safe.
         if !session_present || self.phase == Phase::WaitingForLogin {
-            self.subscribe(self.login_topic.clone());
+            self.subscribe(self.login_topic.clone(), now);
         }
         if !session_present || self.phase == Phase::SubscribingReplies {
             let filters = self
@@ -412,7 +426,7 @@ impl Examiner {
                 .map(|r| r.reply_filters.clone())
                 .unwrap_or_default();
             for filter in filters {
-                self.subscribe(filter);
+                self.subscribe(filter, now);
             }
         }
     }
@@ -420,7 +434,7 @@ impl Examiner {
     /// The connection was lost; subscriptions in progress are void.
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
-        self.pending_subs.clear();
+        self.clear_pending_subs();
         self.report.connection_losses += 1;
     }
 
@@ -434,6 +448,10 @@ impl Examiner {
             return;
         };
         self.pending_subs.swap_remove(index);
+        // The broker answers: the bound starts again for what is still pending.
+        self.subscribe_attempts = 1;
+        self.timers[Timer::SubAck as usize] =
+            (!self.pending_subs.is_empty()).then(|| now + self.settings.reply_timeout);
         let Some(granted) = granted else {
             self.give_up(format!("the broker refused the subscription to {topic}"));
             return;
@@ -475,7 +493,7 @@ impl Examiner {
         now: Instant,
     ) {
         if topic == self.login_topic {
-            self.login(payload);
+            self.login(payload, now);
             return;
         }
         let response_topic = self
@@ -529,6 +547,7 @@ impl Examiner {
                         self.complete();
                     }
                 }
+                Timer::SubAck => self.subscribe_again(now),
             }
         }
     }
@@ -601,7 +620,7 @@ impl Examiner {
     }
 
     /// A message on the login topic.
-    fn login(&mut self, payload: &[u8]) {
+    fn login(&mut self, payload: &[u8], now: Instant) {
         let Some(user_id) = std::str::from_utf8(payload)
             .ok()
             .filter(|u| validate_level(u).is_ok())
@@ -647,7 +666,7 @@ impl Examiner {
         self.rendered = Some(rendered);
         self.set_phase(Phase::SubscribingReplies);
         for filter in filters {
-            self.subscribe(filter);
+            self.subscribe(filter, now);
         }
     }
 
@@ -809,9 +828,11 @@ impl Examiner {
         else {
             return;
         };
-        while self.sent_total < self.settings.commands
-            && self.outstanding_total < self.settings.window
-        {
+        let limit = match self.settings.pause_after {
+            Some(pause) if self.paused => pause.min(self.settings.commands),
+            _ => self.settings.commands,
+        };
+        while self.sent_total < limit && self.outstanding_total < self.settings.window {
             let index = self.rng.below(self.commands.len() as u64) as usize;
             self.sent_total += 1;
             self.outstanding_total += 1;
@@ -844,7 +865,34 @@ impl Examiner {
         }
         if self.sent_total == self.settings.commands && self.outstanding_total == 0 {
             self.complete();
+        } else if self.outstanding_total == 0 {
+            // Paused with nothing missing: no reply is overdue, however long the pause.
+            self.timers[Timer::ReplyTimeout as usize] = None;
         }
+    }
+
+    /// Sends the commands held back by `pause_after`.
+    pub fn resume(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.paused) {
+            return;
+        }
+        info!(
+            sent = self.sent_total,
+            "resuming: sending the rest of the commands"
+        );
+        if self.phase == Phase::Sending {
+            self.arm_reply_timeout(now);
+            self.pump(now);
+        }
+    }
+
+    /// Whether commands are held back by `pause_after` right now: paused, and every command
+    /// before the pause answered.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+            && self.phase == Phase::Sending
+            && self.outstanding_total == 0
+            && self.settings.pause_after == Some(self.sent_total)
     }
 
     /// Sends the completion message and ends the run.
@@ -877,7 +925,7 @@ impl Examiner {
         if self.phase == Phase::Finished {
             return;
         }
-        self.timers = [None; 2];
+        self.timers = [None; 3];
         self.actions.push_back(Action::Finished);
         self.set_phase(Phase::Finished);
     }
@@ -898,12 +946,48 @@ impl Examiner {
         }
     }
 
-    fn subscribe(&mut self, topic: String) {
+    fn subscribe(&mut self, topic: String, now: Instant) {
         if !self.pending_subs.contains(&topic) {
             self.pending_subs.push(topic.clone());
         }
+        if self.timers[Timer::SubAck as usize].is_none() {
+            self.subscribe_attempts = 1;
+            self.timers[Timer::SubAck as usize] = Some(now + self.settings.reply_timeout);
+        }
         let qos = self.qos();
         self.actions.push_back(Action::Subscribe { topic, qos });
+    }
+
+    /// No SUBACK within `reply_timeout`: subscribe again (a SUBSCRIBE lost in a broker is
+    /// not an error the connection reports), or give up after [`SUBSCRIBE_ATTEMPTS`].
+    fn subscribe_again(&mut self, now: Instant) {
+        if self.pending_subs.is_empty() || self.phase == Phase::Finished {
+            return;
+        }
+        let topics = self.pending_subs.join(", ");
+        if self.subscribe_attempts >= SUBSCRIBE_ATTEMPTS {
+            self.give_up(format!(
+                "no SUBACK for the subscription to {topics} within {:?}, {} times",
+                self.settings.reply_timeout, self.subscribe_attempts
+            ));
+            return;
+        }
+        self.subscribe_attempts += 1;
+        warn!(
+            "no SUBACK for the subscription to {topics} within {:?}; subscribing again \
+             (attempt {} of {SUBSCRIBE_ATTEMPTS})",
+            self.settings.reply_timeout, self.subscribe_attempts
+        );
+        self.timers[Timer::SubAck as usize] = Some(now + self.settings.reply_timeout);
+        let qos = self.qos();
+        for topic in self.pending_subs.clone() {
+            self.actions.push_back(Action::Subscribe { topic, qos });
+        }
+    }
+
+    fn clear_pending_subs(&mut self) {
+        self.pending_subs.clear();
+        self.timers[Timer::SubAck as usize] = None;
     }
 
     fn arm_reply_timeout(&mut self, now: Instant) {
@@ -1418,7 +1502,8 @@ mod tests {
                 qos: QoS::ExactlyOnce
             }]
         );
-        assert_eq!(e.poll_timeout(), None);
+        // The SUBACK is awaited for a bounded time.
+        assert_eq!(e.poll_timeout(), Some(t + e.settings.reply_timeout));
         e.handle_subscribed(&filter, Some(QoS::ExactlyOnce), t);
         assert_eq!(
             actions(&mut e),
@@ -1499,6 +1584,137 @@ mod tests {
         assert!(report.passed(), "{report}");
         assert_eq!(report.totals().sent, 7);
         assert_eq!(report.totals().p50(), Some(Duration::from_millis(2 * 3)));
+    }
+
+    /// Answers every command `e` has sent so far (and those it sends meanwhile) at `now`.
+    fn answer_all(e: &mut Examiner, mut queue: VecDeque<String>, now: Instant) -> usize {
+        let mut answered = 0;
+        for _ in 0..100 {
+            let Some(command) = queue.pop_front() else {
+                break;
+            };
+            answered += 1;
+            let reply = answer(&command);
+            e.handle_message(
+                &format!("{UUID}/{command}"),
+                reply.as_bytes(),
+                QoS::ExactlyOnce,
+                now,
+            );
+            queue.extend(sent(&actions(e)));
+        }
+        answered
+    }
+
+    #[test]
+    fn pause_after_holds_the_rest_until_resumed_without_a_reply_timeout() {
+        let t = Instant::now();
+        let mut e = delaying(
+            ExaminerSettings {
+                pause_after: Some(4),
+                ..settings()
+            },
+            t,
+        );
+        let start = t + Duration::from_millis(100);
+        e.handle_timeout(start);
+        let queue: VecDeque<String> = sent(&actions(&mut e)).into();
+        assert_eq!(queue.len(), 3, "window");
+        assert_eq!(answer_all(&mut e, queue, start), 4, "four before the pause");
+        assert!(e.is_paused());
+        assert_eq!(e.phase(), Phase::Sending);
+        // Nothing is missing while paused: no reply timeout, however long the pause.
+        assert_eq!(e.poll_timeout(), None);
+        let later = start + Duration::from_secs(3600);
+        e.resume(later);
+        assert!(!e.is_paused());
+        let queue: VecDeque<String> = sent(&actions(&mut e)).into();
+        assert_eq!(queue.len(), 3);
+        assert_eq!(e.poll_timeout(), Some(later + e.settings.reply_timeout));
+        assert_eq!(answer_all(&mut e, queue, later), 3);
+        assert_eq!(e.phase(), Phase::Finished);
+        let report = e.report();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.totals().sent, 7);
+        // Resuming again changes nothing.
+        e.resume(later);
+        assert_eq!(actions(&mut e), []);
+    }
+
+    #[test]
+    fn a_resume_before_the_pause_is_kept() {
+        let t = Instant::now();
+        let mut e = delaying(
+            ExaminerSettings {
+                pause_after: Some(2),
+                ..settings()
+            },
+            t,
+        );
+        e.resume(t);
+        e.handle_timeout(t + Duration::from_millis(100));
+        let queue: VecDeque<String> = sent(&actions(&mut e)).into();
+        assert_eq!(queue.len(), 3, "the window, not the pause");
+        assert_eq!(answer_all(&mut e, queue, t), 7);
+        assert_eq!(e.phase(), Phase::Finished);
+    }
+
+    #[test]
+    fn a_missing_suback_is_asked_for_again_then_given_up_on() {
+        let t = Instant::now();
+        let s = settings();
+        let bound = s.reply_timeout;
+        let mut e = Examiner::new(s, t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        let subscribe = Action::Subscribe {
+            topic: "login".to_owned(),
+            qos: QoS::ExactlyOnce,
+        };
+        assert_eq!(actions(&mut e), std::slice::from_ref(&subscribe));
+        assert_eq!(e.poll_timeout(), Some(t + bound));
+        e.handle_timeout(t + bound - Duration::from_millis(1));
+        assert_eq!(actions(&mut e), []);
+        let mut now = t;
+        for _ in 1..SUBSCRIBE_ATTEMPTS {
+            now += bound;
+            e.handle_timeout(now);
+            assert_eq!(actions(&mut e), std::slice::from_ref(&subscribe));
+            assert_eq!(e.poll_timeout(), Some(now + bound));
+        }
+        e.handle_timeout(now + bound);
+        assert_eq!(actions(&mut e), [Action::Finished]);
+        let failure = e.report().failure.clone().unwrap();
+        assert!(
+            failure.contains("no SUBACK for the subscription to login"),
+            "{failure}"
+        );
+        assert!(
+            failure.contains(&format!("{SUBSCRIBE_ATTEMPTS} times")),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_suback_ends_the_bound_and_a_late_one_is_ignored() {
+        let t = Instant::now();
+        let s = settings();
+        let bound = s.reply_timeout;
+        let mut e = Examiner::new(s, t).unwrap();
+        e.handle_connected(false, QoS::ExactlyOnce, t);
+        actions(&mut e);
+        e.handle_timeout(t + bound);
+        assert_eq!(actions(&mut e).len(), 1, "subscribed again");
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t + bound);
+        assert_eq!(e.poll_timeout(), None);
+        // The first SUBSCRIBE's SUBACK, late: nothing changes.
+        e.handle_subscribed("login", Some(QoS::ExactlyOnce), t + bound);
+        assert_eq!(e.poll_timeout(), None);
+        assert_eq!(e.phase(), Phase::WaitingForLogin);
+        // A lost connection voids the bound with the subscription.
+        e.handle_connected(false, QoS::ExactlyOnce, t + bound);
+        assert!(e.poll_timeout().is_some());
+        e.handle_disconnected(t + bound);
+        assert_eq!(e.poll_timeout(), None);
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the daemon may take to exit after the completion message.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Bound on the examiner's readiness (subscribed to logins): room for one CONNECT and one
+/// SUBSCRIBE the broker never answers (the examiner tries each again after
+/// [`examine::CONNACK_TIMEOUT`]; that is the broker's fault, not the daemon's), and five
+/// seconds for the rest.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2 * examine::CONNACK_TIMEOUT.as_secs() + 5);
+
 /// What came out of one exchange.
 pub struct Outcome {
     /// The examiner's report.
@@ -95,15 +101,13 @@ pub fn run(
         let peer = tokio::task::spawn_local(async move {
             examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
         });
-        // Room for one CONNECT the broker never answers: the examiner tries again after
-        // its CONNACK timeout, and that is the broker's fault, not the daemon's.
-        tokio::time::timeout(
-            2 * examine::CONNACK_TIMEOUT + Duration::from_secs(5),
-            ready_rx,
-        )
-        .await
-        .expect("the examiner subscribes to logins in time")
-        .expect("the examiner reports readiness");
+        let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx)
+            .await
+            .expect("the examiner subscribes to logins in time");
+        if ready.is_err() {
+            let ended = peer.await;
+            panic!("the examiner ended before it listened for logins: {ended:?}");
+        }
         let started = Instant::now();
         let child = spawn_daemon(&path, dir.path());
         let report = tokio::time::timeout(EXCHANGE_TIMEOUT, peer)

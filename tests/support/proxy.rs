@@ -15,6 +15,15 @@
 //!   so a client's publishes stay unacknowledged, until [`forward`](Proxy::forward) passes
 //!   them on.
 //!
+//! A test that wants a fault at a point of the exchange, not at a moment, arms a trigger:
+//! [`freeze_after_publishes`](Proxy::freeze_after_publishes)`(k)` passes the next `k`
+//! PUBLISH packets from the broker to the client and then, before one more byte goes
+//! through, switches to [`black_hole`](Proxy::black_hole). [`wait_frozen`](Proxy::wait_frozen)
+//! tells the test it happened; it then injects its fault (cut, broker restart, SIGKILL) with
+//! the client certainly in the middle of the stream (holding the k-th command, its answer
+//! kept in the kernel) and calls [`forward`](Proxy::forward). The broker-to-client direction
+//! is forwarded in whole MQTT packets for this.
+//!
 //! It counts the connections it accepted ([`accepted`](Proxy::accepted)) and, for those that
 //! ended by end of stream, which side closed first ([`closed_first_by_client`] and
 //! [`closed_first_by_broker`]). Every loop is
@@ -91,6 +100,12 @@ struct Shared {
     refused: AtomicUsize,
     /// Bytes read from clients and kept back in [`Mode::HoldUpstream`], in all.
     held_upstream: AtomicUsize,
+    /// PUBLISH packets forwarded from the broker to clients, all connections together.
+    publishes_down: AtomicUsize,
+    /// `publishes_down` at which to switch to [`Mode::BlackHole`] (`usize::MAX`: never).
+    freeze_at: AtomicUsize,
+    /// Times the trigger fired.
+    freezes: AtomicUsize,
     /// Connections whose first end of stream came from the client / from the broker.
     client_closed_first: AtomicUsize,
     broker_closed_first: AtomicUsize,
@@ -137,6 +152,9 @@ impl Proxy {
             accepted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             held_upstream: AtomicUsize::new(0),
+            publishes_down: AtomicUsize::new(0),
+            freeze_at: AtomicUsize::new(usize::MAX),
+            freezes: AtomicUsize::new(0),
             client_closed_first: AtomicUsize::new(0),
             broker_closed_first: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
@@ -190,6 +208,34 @@ impl Proxy {
     /// Connections that ended with the broker closing first (not cut by the proxy).
     pub fn closed_first_by_broker(&self) -> usize {
         self.shared.broker_closed_first.load(Ordering::SeqCst)
+    }
+
+    /// PUBLISH packets passed from the broker to clients so far.
+    pub fn publishes_down(&self) -> usize {
+        self.shared.publishes_down.load(Ordering::SeqCst)
+    }
+
+    /// Arms the trigger: after `k` more PUBLISH packets from the broker have passed, the
+    /// proxy turns into a [black hole](Self::black_hole) before anything else passes.
+    pub fn freeze_after_publishes(&self, k: usize) {
+        assert!(k > 0, "a trigger needs at least one packet to wait for");
+        let at = self.publishes_down() + k;
+        self.shared.freeze_at.store(at, Ordering::SeqCst);
+    }
+
+    /// Disarms the trigger if it has not fired.
+    pub fn disarm(&self) {
+        self.shared.freeze_at.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Times the trigger fired so far.
+    pub fn freezes(&self) -> usize {
+        self.shared.freezes.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until the trigger has fired `n` times in all.
+    pub fn wait_frozen(&self, n: usize, timeout: Duration) -> bool {
+        super::wait_until(timeout, || self.freezes() >= n)
     }
 
     /// Connections currently open through the proxy.
@@ -325,7 +371,8 @@ fn handle_new(client: TcpStream, shared: &Arc<Shared>) {
 
 /// Copies `from` → `to` while forwarding; holds still in a black hole; on end of stream,
 /// an error or a cut, closes both sockets so the other direction ends too. The first of a
-/// connection's two pumps to end (`ended`) counts an end of stream for its `side`.
+/// connection's two pumps to end (`ended`) counts an end of stream for its `side`. What the
+/// broker sends goes on in whole packets (see [`pass_packets`]), for the trigger.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
@@ -336,7 +383,8 @@ fn pump(
 ) {
     let deadline = Instant::now() + LIFETIME;
     let mut buf = vec![0u8; 16 * 1024];
-    // What HoldUpstream kept back from the client, passed on once forwarding again.
+    // What HoldUpstream kept back from the client, or (broker side) what was read but not
+    // passed yet: a partial packet, or what follows the packet that fired the trigger.
     let mut held: Vec<u8> = Vec::new();
     for _ in 0..MAX_READS {
         if cut.load(Ordering::SeqCst)
@@ -353,10 +401,17 @@ fn pump(
         }
         let holding = mode == Mode::HoldUpstream && matches!(side, Side::Client);
         if !holding && !held.is_empty() {
-            if to.write_all(&held).is_err() {
+            let passed = match side {
+                Side::Client => held.len(),
+                Side::Broker => pass_packets(&held, shared),
+            };
+            if to.write_all(&held[..passed]).is_err() {
                 break;
             }
-            held.clear();
+            held.drain(..passed);
+            if shared.mode() == Mode::BlackHole {
+                continue;
+            }
         }
         match from.read(&mut buf) {
             Ok(0) => {
@@ -373,6 +428,7 @@ fn pump(
                 held.extend_from_slice(&buf[..n]);
                 shared.held_upstream.fetch_add(n, Ordering::SeqCst);
             }
+            Ok(n) if matches!(side, Side::Broker) => held.extend_from_slice(&buf[..n]),
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
@@ -385,4 +441,46 @@ fn pump(
     ended.store(true, Ordering::SeqCst);
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// How many leading bytes of `bytes` (from the broker) to pass on: every whole MQTT packet,
+/// stopping right after the PUBLISH that fires the trigger (which then switches the mode to
+/// [`Mode::BlackHole`]). A partial packet at the end waits for the rest.
+fn pass_packets(bytes: &[u8], shared: &Shared) -> usize {
+    let mut at = 0;
+    // Each pass consumes one whole packet of at least two bytes.
+    for _ in 0..bytes.len() {
+        let Some(len) = packet_len(&bytes[at..]) else {
+            break;
+        };
+        let is_publish = bytes[at] >> 4 == 3;
+        at += len;
+        if is_publish {
+            let count = shared.publishes_down.fetch_add(1, Ordering::SeqCst) + 1;
+            if count == shared.freeze_at.load(Ordering::SeqCst) {
+                shared.freeze_at.store(usize::MAX, Ordering::SeqCst);
+                shared.mode.store(Mode::BlackHole as u8, Ordering::SeqCst);
+                shared.freezes.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    at
+}
+
+/// The length of the whole MQTT packet at the start of `bytes` (fixed header included),
+/// once all of it is there.
+fn packet_len(bytes: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    // The remaining length: at most four bytes of seven bits each, little end first.
+    for i in 0..4 {
+        let byte = *bytes.get(1 + i)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = 2 + i + remaining;
+            return (bytes.len() >= len).then_some(len);
+        }
+    }
+    // A malformed length: pass the bytes on as they are and let the client say so.
+    Some(bytes.len())
 }
