@@ -7,6 +7,8 @@
 //! and the file is fsynced at most once a second: a save that skipped the fsync leaves one
 //! due ([`StateFile::sync_due`]) that the daemon's timer carries out, so power loss can undo
 //! at most the last second, also when the run goes quiet right after it.
+//!
+//! [`Journal`] is the policy over the file: what to resume and when a save is due.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -217,6 +219,131 @@ impl RunState {
             qos: 2,
             replies: Vec::new(),
             session,
+        }
+    }
+}
+
+/// A state file older than the broker keeps a session (MQTT 5 session expiry, which the
+/// daemon sets to this) is not resumed.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The journal policy over the [`StateFile`]: what to resume, when a save is due, and
+/// saying once (not per save) that the file cannot be written.
+#[derive(Debug)]
+pub struct Journal {
+    file: StateFile,
+    client_id: String,
+    broker: String,
+    saved_uuid: Option<String>,
+    saved_draining: bool,
+    /// A save failed: said once, then kept quiet until one succeeds again.
+    failing: bool,
+}
+
+impl Journal {
+    /// The journal of `client_id` on `broker` in `dir`.
+    pub fn new(dir: &Path, client_id: &str, broker: &str) -> Journal {
+        Journal {
+            file: StateFile::new(dir),
+            client_id: client_id.to_owned(),
+            broker: broker.to_owned(),
+            saved_uuid: None,
+            saved_draining: false,
+            failing: false,
+        }
+    }
+
+    /// The state a previous process left for this client and broker, if any: not one older
+    /// than a session lives, nor one of another client or broker (each with a WARN).
+    pub fn load(&self) -> Option<RunState> {
+        match self.file.load() {
+            Ok(Some(_)) if self.file.age().is_some_and(|age| age > RESUME_WITHIN) => {
+                // The broker's half of the session expires after as long (MQTT 5), and a
+                // 3.1.1 broker that keeps it for ever would have us answer a stale UUID.
+                tracing::warn!(
+                    "{} was written {} h ago, longer than a session lives ({} h); starting \
+                     fresh",
+                    self.file.path().display(),
+                    self.file.age().unwrap_or_default().as_secs() / 3600,
+                    RESUME_WITHIN.as_secs() / 3600
+                );
+                None
+            }
+            Ok(Some(state)) if state.client_id == self.client_id && state.broker == self.broker => {
+                Some(state)
+            }
+            Ok(Some(state)) => {
+                tracing::warn!(
+                    "{} belongs to client {} on {}, not {} on {}; starting fresh",
+                    self.file.path().display(),
+                    state.client_id,
+                    state.broker,
+                    self.client_id,
+                    self.broker
+                );
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("ignoring the state file: {e}; starting fresh");
+                None
+            }
+        }
+    }
+
+    /// Whether what the file holds is out of date: the session changed (`session_dirty`),
+    /// or the UUID, or whether the run is draining.
+    pub fn is_stale(&self, session_dirty: bool, uuid: Option<&str>, draining: bool) -> bool {
+        session_dirty || self.saved_uuid.as_deref() != uuid || self.saved_draining != draining
+    }
+
+    /// A state for this journal's client and broker around `session`, the rest empty.
+    pub fn state(&self, session: SessionState) -> RunState {
+        RunState::new(&self.client_id, &self.broker, session)
+    }
+
+    /// Saves `state`; a failure is an ERROR once, until a save succeeds again.
+    pub fn save(&mut self, state: &RunState) {
+        match self.file.save(state) {
+            Ok(()) => {
+                self.saved_uuid.clone_from(&state.uuid);
+                self.saved_draining = state.draining;
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("state file {} written again", self.file.path().display());
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(
+                        "cannot write the state file: {e}; answering on, but a crash now \
+                         would not resume this run"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Removes the file: the run completed.
+    pub fn clear(&mut self) {
+        if let Err(e) = self.file.clear() {
+            tracing::error!("cannot remove the state file: {e}; the next run may resume this one");
+        }
+    }
+
+    /// When an fsync that a throttled save left owed is due.
+    pub fn sync_due(&self) -> Option<Instant> {
+        self.file.sync_due()
+    }
+
+    /// Carries out an fsync a throttled save left owed.
+    pub fn sync(&mut self) {
+        if let Err(e) = self.file.sync() {
+            if !std::mem::replace(&mut self.failing, true) {
+                tracing::error!(
+                    "cannot sync the state file: {e}; answering on, but a power loss now \
+                     would not resume this run"
+                );
+            }
         }
     }
 }
