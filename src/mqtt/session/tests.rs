@@ -4,13 +4,18 @@
 //! the broker.
 
 use super::*;
+use crate::mqtt::broker_side::{
+    MAX_PACKET, connack_props5, connack4, connack5, events, feed_chunked, feed4, feed5, inbound4,
+    inbound5, online4, online5, publishes4, reconnect4, sent4, sent5, transmitted, wire4,
+};
 use crate::mqtt::packet::{WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use rumqttc::mqttbytes::QoS as Q4;
 use rumqttc::mqttbytes::v4 as b4;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5 as b5;
 
-const MAX: usize = 1 << 20;
+/// The session's packet cap in these tests: as large as what the broker side writes.
+const MAX: usize = MAX_PACKET;
 const KA: Duration = Duration::from_secs(30);
 
 fn cfg(protocol: Protocol) -> SessionConfig {
@@ -34,71 +39,7 @@ fn at(t0: Instant, ms: u64) -> Instant {
     t0 + Duration::from_millis(ms)
 }
 
-// --- the broker side, on rumqttc's codec ---
-
-fn feed4(s: &mut Session, p: b4::Packet, now: Instant) -> Result<(), SessionError> {
-    let mut buf = BytesMut::new();
-    p.write(&mut buf, MAX).expect("broker packet encodes");
-    s.handle_bytes(&mut buf, now)?;
-    assert!(buf.is_empty(), "whole packet consumed");
-    Ok(())
-}
-
-fn feed5(s: &mut Session, p: b5::Packet, now: Instant) -> Result<(), SessionError> {
-    let mut buf = BytesMut::new();
-    p.write(&mut buf, None).expect("broker packet encodes");
-    s.handle_bytes(&mut buf, now)?;
-    assert!(buf.is_empty(), "whole packet consumed");
-    Ok(())
-}
-
-fn transmitted(s: &mut Session) -> BytesMut {
-    let mut buf = BytesMut::new();
-    let mut rounds = 0;
-    while let Some(b) = s.poll_transmit() {
-        buf.extend_from_slice(&b);
-        rounds += 1;
-        assert!(rounds < 1000, "poll_transmit never runs dry");
-    }
-    buf
-}
-
-/// What the client wrote, decoded as a 3.1.1 broker would.
-fn sent4(s: &mut Session) -> Vec<b4::Packet> {
-    let mut buf = transmitted(s);
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        out.push(b4::Packet::read(&mut buf, usize::MAX).expect("client packet decodes"));
-    }
-    out
-}
-
-/// What the client wrote, decoded as an MQTT 5 broker would.
-fn sent5(s: &mut Session) -> Vec<b5::Packet> {
-    let mut buf = transmitted(s);
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        // rumqttc's reader refuses the two-byte DISCONNECT it writes itself.
-        if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
-            let _ = buf.split_to(2);
-            out.push(b5::Packet::Disconnect(b5::Disconnect::new(
-                b5::DisconnectReasonCode::NormalDisconnection,
-            )));
-            continue;
-        }
-        out.push(b5::Packet::read(&mut buf, None).expect("client packet decodes"));
-    }
-    out
-}
-
-fn events(s: &mut Session) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Some(e) = s.poll_event() {
-        out.push(e);
-        assert!(out.len() < 100_000, "poll_event never runs dry");
-    }
-    out
-}
+// --- what the application sees and sends ---
 
 fn messages(evs: &[Event]) -> Vec<Message> {
     evs.iter()
@@ -118,54 +59,6 @@ fn delivered(evs: &[Event]) -> Vec<PublishToken> {
         .collect()
 }
 
-fn connack4(code: b4::ConnectReturnCode, session_present: bool) -> b4::Packet {
-    b4::Packet::ConnAck(b4::ConnAck::new(code, session_present))
-}
-
-fn connack5(session_present: bool, props: Option<b5::ConnAckProperties>) -> b5::Packet {
-    b5::Packet::ConnAck(b5::ConnAck {
-        session_present,
-        code: b5::ConnectReturnCode::Success,
-        properties: props,
-    })
-}
-
-fn props5() -> b5::ConnAckProperties {
-    b5::ConnAckProperties {
-        session_expiry_interval: None,
-        receive_max: None,
-        max_qos: None,
-        retain_available: None,
-        max_packet_size: None,
-        assigned_client_identifier: None,
-        topic_alias_max: None,
-        reason_string: None,
-        user_properties: Vec::new(),
-        wildcard_subscription_available: None,
-        subscription_identifiers_available: None,
-        shared_subscription_available: None,
-        server_keep_alive: None,
-        response_information: None,
-        server_reference: None,
-        authentication_method: None,
-        authentication_data: None,
-    }
-}
-
-fn inbound4(pkid: u16, qos: Q4, dup: bool, payload: &str) -> b4::Packet {
-    let mut p = b4::Publish::new("cmd/u/1", qos, payload.as_bytes().to_vec());
-    p.pkid = pkid;
-    p.dup = dup;
-    b4::Packet::Publish(p)
-}
-
-fn inbound5(pkid: u16, qos: Q5, dup: bool, payload: &str) -> b5::Packet {
-    let mut p = b5::Publish::new("cmd/u/1", qos, payload.as_bytes().to_vec(), None);
-    p.pkid = pkid;
-    p.dup = dup;
-    b5::Packet::Publish(p)
-}
-
 fn reply(qos: QoS, payload: &str) -> Publish {
     Publish {
         dup: false,
@@ -177,58 +70,6 @@ fn reply(qos: QoS, payload: &str) -> Publish {
         response_topic: None,
         correlation_data: None,
     }
-}
-
-/// A 3.1.1 session connected with the given session_present; what it sent is drained.
-fn online4(config: SessionConfig, t0: Instant) -> Session {
-    let mut s = Session::new(config, t0);
-    s.handle_transport_up(t0);
-    let _ = sent4(&mut s);
-    feed4(&mut s, connack4(b4::ConnectReturnCode::Success, false), t0).unwrap();
-    assert!(s.is_connected());
-    let _ = sent4(&mut s);
-    let _ = events(&mut s);
-    s
-}
-
-fn online5(config: SessionConfig, props: Option<b5::ConnAckProperties>, t0: Instant) -> Session {
-    let mut s = Session::new(config, t0);
-    s.handle_transport_up(t0);
-    let _ = sent5(&mut s);
-    feed5(&mut s, connack5(false, props), t0).unwrap();
-    assert!(s.is_connected());
-    let _ = sent5(&mut s);
-    let _ = events(&mut s);
-    s
-}
-
-/// Drops the link and reconnects with `session_present`; returns what was sent after
-/// the CONNACK and the events.
-fn reconnect4(
-    s: &mut Session,
-    session_present: bool,
-    now: Instant,
-) -> (Vec<b4::Packet>, Vec<Event>) {
-    s.handle_transport_down();
-    s.handle_transport_up(now);
-    let connect = sent4(s);
-    assert!(matches!(connect.as_slice(), [b4::Packet::Connect(c)] if !c.clean_session));
-    feed4(
-        s,
-        connack4(b4::ConnectReturnCode::Success, session_present),
-        now,
-    )
-    .unwrap();
-    (sent4(s), events(s))
-}
-
-fn publishes4(sent: &[b4::Packet]) -> Vec<b4::Publish> {
-    sent.iter()
-        .filter_map(|p| match p {
-            b4::Packet::Publish(p) => Some(p.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 // --- CONNECT and CONNACK ---
@@ -877,7 +718,7 @@ fn inflight_window_caps_publishes_and_refills_on_acks() {
 #[test]
 fn v5_receive_maximum_caps_the_window() {
     let t0 = Instant::now();
-    let mut props = props5();
+    let mut props = connack_props5();
     props.receive_max = Some(2);
     let mut s = online5(cfg(Protocol::V5), Some(props), t0);
     assert_eq!(s.caps().receive_maximum, 2);
@@ -897,7 +738,7 @@ fn v5_receive_maximum_caps_the_window() {
 #[test]
 fn v5_maximum_qos_1_downgrades_qos2_publishes() {
     let t0 = Instant::now();
-    let mut props = props5();
+    let mut props = connack_props5();
     props.max_qos = Some(1);
     let mut s = online5(cfg(Protocol::V5), Some(props), t0);
     let tok = s.publish(reply(QoS::ExactlyOnce, "r"), t0);
@@ -918,7 +759,7 @@ fn v5_maximum_qos_1_downgrades_qos2_publishes() {
 #[test]
 fn v5_maximum_packet_size_rejects_oversized_publish_only() {
     let t0 = Instant::now();
-    let mut props = props5();
+    let mut props = connack_props5();
     props.max_packet_size = Some(100);
     let mut s = online5(cfg(Protocol::V5), Some(props), t0);
     let small = s.publish(reply(QoS::AtLeastOnce, "ok"), t0);
@@ -951,7 +792,7 @@ fn v5_maximum_packet_size_counts_the_packet_id() {
     // Topic "reply/u/1" (2 + 9), packet id (2), property length (1), header (2).
     let base = 2 + 2 + 9 + 2 + 1;
     let limit = 60;
-    let mut props = props5();
+    let mut props = connack_props5();
     props.max_packet_size = Some(limit);
     let mut s = online5(cfg(Protocol::V5), Some(props), t0);
     let fits = s.publish(
@@ -1108,7 +949,7 @@ fn keep_alive_detects_a_silent_broker_while_we_keep_sending() {
 #[test]
 fn v5_server_keep_alive_overrides_ours() {
     let t0 = Instant::now();
-    let mut props = props5();
+    let mut props = connack_props5();
     props.server_keep_alive = Some(10);
     let s = online5(cfg(Protocol::V5), Some(props), t0);
     assert_eq!(s.keep_alive(), Duration::from_secs(10));
@@ -1170,25 +1011,6 @@ fn a_packet_split_across_reads_is_decoded_once_complete() {
         msgs[0].publish.payload,
         Bytes::from_static(b"split payload")
     );
-}
-
-/// The bytes of 3.1.1 broker packets, back to back.
-fn wire4(packets: Vec<b4::Packet>) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    for p in packets {
-        p.write(&mut buf, MAX).expect("broker packet encodes");
-    }
-    buf.to_vec()
-}
-
-/// Feeds `bytes` in `chunk`-byte reads, as a slow link delivers them.
-fn feed_chunked(s: &mut Session, bytes: &[u8], chunk: usize, now: Instant) {
-    let mut buf = BytesMut::new();
-    for piece in bytes.chunks(chunk) {
-        buf.extend_from_slice(piece);
-        s.handle_bytes(&mut buf, now).expect("no connection error");
-    }
-    assert!(buf.is_empty(), "every byte consumed or skipped");
 }
 
 #[test]
