@@ -5,6 +5,8 @@
 //! `notes/rumqttc-0.25.md` §3 and §7), so only `rumqttc::mqttbytes` (3.1.1) and
 //! `rumqttc::v5::mqttbytes` (5) are, for encoding and decoding.
 
+#[cfg(test)]
+pub(crate) mod broker_side;
 pub mod packet;
 pub mod session;
 

@@ -758,6 +758,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::broker_side::{connack_props5, connack5};
 
     const MAX: usize = 1 << 20;
 
@@ -910,31 +911,14 @@ mod tests {
     fn broker_connack_caps_v5() {
         let mut buf = BytesMut::new();
         let props = v5::ConnAckProperties {
-            session_expiry_interval: None,
             receive_max: Some(5),
             max_qos: Some(1),
             retain_available: Some(0),
             max_packet_size: Some(1000),
-            assigned_client_identifier: None,
-            topic_alias_max: None,
-            reason_string: None,
-            user_properties: Vec::new(),
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
             server_keep_alive: Some(12),
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
+            ..connack_props5()
         };
-        v5::Packet::ConnAck(v5::ConnAck {
-            session_present: false,
-            code: v5::ConnectReturnCode::Success,
-            properties: Some(props),
-        })
-        .write(&mut buf, None)
-        .unwrap();
+        connack5(false, Some(props)).write(&mut buf, None).unwrap();
         let Packet::ConnAck(ack) = Packet::read(Protocol::V5, &mut buf, MAX).unwrap() else {
             panic!("not a connack");
         };
