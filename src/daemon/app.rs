@@ -1,7 +1,8 @@
 //! The responder wired to an MQTT session, as the driver's [`App`]: it maps subscriptions
 //! and replies to the packet ids and tokens the session hands out, and around the pure
-//! responder it carries presence (the online/offline record and the Will), the SIGTERM
-//! drain and farewell, systemd notifications, SIGHUP reloads and the crash-resume journal.
+//! responder (which drains, on the completion message and on SIGTERM alike) it carries
+//! presence (the online/offline record and the Will, the farewell), systemd notifications,
+//! SIGHUP reloads and the crash-resume journal.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,14 +32,14 @@ const FAREWELL_MIN: Duration = Duration::from_secs(1);
 /// tokens the session hands out.
 pub(super) struct ResponderApp {
     pub(super) responder: Responder,
+    /// The bound on the offline record's acknowledgement after the completion message.
     drain_timeout: Duration,
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
     /// Reply publish → the command it answers.
     replies: FastMap<PublishToken, Reply>,
-    /// SIGTERM/SIGINT received: no new work.
-    pub(super) stopping: bool,
-    stop_deadline: Option<Instant>,
+    /// Until when the offline record may take to be acknowledged.
+    farewell_deadline: Option<Instant>,
     disconnect_sent: bool,
     rejected: u64,
     /// The configuration in force (replies and log level change on reload).
@@ -80,8 +81,7 @@ impl ResponderApp {
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
             replies: FastMap::default(),
-            stopping: false,
-            stop_deadline: None,
+            farewell_deadline: None,
             disconnect_sent: false,
             rejected: 0,
             config: config.clone(),
@@ -249,8 +249,8 @@ impl ResponderApp {
     ) -> Context {
         let mut cx = Context {
             opened: true,
-            finished: self.responder.phase() == Phase::Finished,
-            stopping: self.stopping,
+            finished: self.responder.is_completed(),
+            stopping: self.responder.is_stopping(),
             will_changed: false,
             disconnect_reason: self.broker_disconnect_reason.take(),
         };
@@ -266,7 +266,7 @@ impl ResponderApp {
                 ..
             } => {
                 self.handle_disconnected(Instant::now());
-                if !self.stopping {
+                if !self.responder.is_stopping() {
                     let refusal = (up_for.is_none()
                         && *closed_by_broker
                         && self.config.broker.protocol == Protocol::V311
@@ -366,13 +366,22 @@ impl ResponderApp {
         }
         match &mut self.presence {
             Some(presence) if session.is_connected() => {
-                self.farewell = Some(session.publish(presence.offline(why), now));
+                let record = presence.offline(why);
                 // A stop keeps the deadline SIGTERM set; otherwise the record gets the drain
                 // timeout, and at least FAREWELL_MIN.
                 let bound = self
-                    .stop_deadline
+                    .responder
+                    .stop_deadline()
                     .unwrap_or((now + self.drain_timeout).max(now + FAREWELL_MIN));
-                self.stop_deadline = Some(bound);
+                if now >= bound {
+                    // The stop's time is up: still say goodbye, the record goes out ahead
+                    // of DISCONNECT, unconfirmed.
+                    session.publish(record, now);
+                    self.disconnect(session, now);
+                } else {
+                    self.farewell = Some(session.publish(record, now));
+                    self.farewell_deadline = Some(bound);
+                }
             }
             _ => self.disconnect(session, now),
         }
@@ -381,7 +390,8 @@ impl ResponderApp {
     /// After every event: the online record when due, systemd status and readiness.
     fn after(&mut self, session: &mut Session, now: Instant) {
         let phase = self.responder.phase();
-        let finishing = self.stopping || self.farewell.is_some() || phase == Phase::Finished;
+        let finishing =
+            self.responder.is_stopping() || self.farewell.is_some() || phase == Phase::Finished;
         if let Some(presence) = &mut self.presence
             && session.is_connected()
             && !finishing
@@ -468,7 +478,14 @@ impl ResponderApp {
                     }
                 }
                 Action::Ack(id) => session.ack(id, now),
-                Action::Disconnect => self.finish(Farewell::Completed, session, now),
+                Action::Disconnect => {
+                    let why = if self.responder.is_draining() {
+                        Farewell::Completed
+                    } else {
+                        Farewell::Stopped
+                    };
+                    self.finish(why, session, now);
+                }
             }
         }
     }
@@ -512,10 +529,6 @@ impl ResponderApp {
             } else {
                 self.responder.handle_failed(reply.id, now);
             }
-        }
-        if self.stopping && self.replies.is_empty() {
-            tracing::info!("in-flight replies acknowledged; disconnecting");
-            self.finish(Farewell::Stopped, session, now);
         }
     }
 
@@ -622,18 +635,13 @@ impl App for ResponderApp {
                 }
             }
             Event::Message(message) => {
-                if self.stopping {
-                    // Not acknowledged: the broker keeps it for whoever comes next.
-                    tracing::debug!(topic = %message.publish.topic, "stopping; message left unanswered");
-                } else {
-                    let p = message.publish;
-                    let response = ResponseTo {
-                        topic: p.response_topic,
-                        correlation_data: p.correlation_data,
-                    };
-                    self.responder
-                        .handle_request(message.id, &p.topic, &p.payload, &response, now);
-                }
+                let p = message.publish;
+                let response = ResponseTo {
+                    topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                };
+                self.responder
+                    .handle_request(message.id, &p.topic, &p.payload, &response, now);
             }
             Event::Oversized { topic, size } => self.responder.handle_oversized(&topic, size),
             Event::Delivered(token) => self.reply_done(token, true, session, now),
@@ -661,7 +669,7 @@ impl App for ResponderApp {
     fn poll_timeout(&self) -> Option<Instant> {
         [
             self.responder.poll_timeout(),
-            self.stop_deadline,
+            self.farewell_deadline,
             self.notifier.poll_timeout(),
             self.presence.as_ref().and_then(Presence::poll_timeout),
             self.journal.as_ref().and_then(Journal::sync_due),
@@ -678,22 +686,11 @@ impl App for ResponderApp {
         {
             journal.sync();
         }
-        if let Some(deadline) = self.stop_deadline
+        if let Some(deadline) = self.farewell_deadline
             && now >= deadline
+            && self.farewell.is_some()
         {
-            if self.farewell.is_some() {
-                tracing::warn!("the offline record was not acknowledged in time; disconnecting");
-            } else {
-                tracing::warn!(
-                    "{} replies still unacknowledged after {:?}; disconnecting anyway",
-                    self.replies.len(),
-                    self.drain_timeout
-                );
-                // Still say goodbye: the record goes out ahead of DISCONNECT, unconfirmed.
-                if let Some(presence) = &mut self.presence {
-                    session.publish(presence.offline(Farewell::Stopped), now);
-                }
-            }
+            tracing::warn!("the offline record was not acknowledged in time; disconnecting");
             self.disconnect(session, now);
             return;
         }
@@ -705,21 +702,9 @@ impl App for ResponderApp {
     }
 
     fn handle_shutdown(&mut self, session: &mut Session, now: Instant) {
-        self.stopping = true;
         self.notifier.stopping("stopping");
-        if self.replies.is_empty() {
-            tracing::info!("stopping: nothing in flight; disconnecting");
-            // The offline record and the broker's close share the stop's bound too.
-            self.stop_deadline = Some(now + self.drain_timeout);
-            self.finish(Farewell::Stopped, session, now);
-        } else {
-            tracing::info!(
-                "stopping: waiting up to {:?} for {} in-flight replies",
-                self.drain_timeout,
-                self.replies.len()
-            );
-            self.stop_deadline = Some(now + self.drain_timeout);
-        }
+        self.responder.handle_shutdown(now);
+        self.run_actions(session, now);
     }
 
     fn wants_disconnect(&self) -> bool {
@@ -727,8 +712,10 @@ impl App for ResponderApp {
     }
 
     fn close_linger(&self, now: Instant) -> Duration {
-        // A stop is bounded by drain_timeout_secs, the wait for the broker's close included.
-        self.stop_deadline.map_or(driver::CLOSE_LINGER, |deadline| {
+        // A stop is bounded by drain_timeout_secs, the wait for the broker's close included;
+        // so is the farewell after the completion message.
+        let deadline = self.farewell_deadline.or(self.responder.stop_deadline());
+        deadline.map_or(driver::CLOSE_LINGER, |deadline| {
             deadline
                 .saturating_duration_since(now)
                 .min(driver::CLOSE_LINGER)

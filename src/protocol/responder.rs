@@ -121,7 +121,8 @@ const OTHER_UNKNOWN_ROW: &str = "(other unknown)";
 enum Timer {
     /// No UUID within `login_timeout` after the login: log in again.
     LoginTimeout,
-    /// Completion received but replies still unacknowledged after `drain_timeout`: give up.
+    /// Completion received (or SIGTERM) but replies still unacknowledged after
+    /// `drain_timeout`: give up.
     DrainTimeout,
     /// A refused subscription is due to be tried again.
     Resubscribe,
@@ -214,6 +215,8 @@ pub struct Responder {
     accepted: Option<Accepted>,
     /// Completion received: no further commands are answered, even across reconnects.
     draining: bool,
+    /// SIGTERM/SIGINT received: nothing new is answered; the stop ends by this deadline.
+    stop_deadline: Option<Instant>,
     /// Replies published but not yet acknowledged → row in `stats.answered`.
     in_flight: FastMap<MessageId, usize>,
     /// The broker's cap from the latest CONNACK.
@@ -285,6 +288,7 @@ impl Responder {
             phase: Phase::Disconnected,
             accepted: None,
             draining: false,
+            stop_deadline: None,
             in_flight: FastMap::default(),
             broker_qos: QoS::ExactlyOnce,
             granted_qos: QoS::ExactlyOnce,
@@ -457,6 +461,11 @@ impl Responder {
         response: &ResponseTo,
         now: Instant,
     ) {
+        if self.stop_deadline.is_some() {
+            // Not acknowledged: the broker keeps it for whoever comes next.
+            debug!(mqtt_topic = %Shown(topic.as_bytes()), "stopping; message left unanswered");
+            return;
+        }
         let on_commands = self
             .accepted
             .as_ref()
@@ -507,6 +516,7 @@ impl Responder {
             info!("every reply is acknowledged");
             self.finish();
         }
+        self.stop_if_drained();
     }
 
     /// The reply to `id` could not be delivered and will not be (the broker refused it, or
@@ -520,6 +530,45 @@ impl Responder {
         self.stats.failed += 1;
         if self.phase == Phase::Draining && self.in_flight.is_empty() {
             info!("every reply is acknowledged or failed");
+            self.finish();
+        }
+        self.stop_if_drained();
+    }
+
+    /// SIGTERM/SIGINT: answer nothing new (messages stay unacknowledged, so the broker keeps
+    /// them for whoever comes next), wait at most `drain_timeout` for the replies in flight,
+    /// then disconnect ([`Action::Disconnect`]). The same drain as after the completion
+    /// message, with the earlier of the two deadlines.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if self.stop_deadline.is_some() || self.phase == Phase::Finished {
+            return;
+        }
+        let deadline = now + self.drain_timeout;
+        self.stop_deadline = Some(deadline);
+        if self.in_flight.is_empty() {
+            info!("stopping: nothing in flight; disconnecting");
+            self.finish();
+            return;
+        }
+        info!(
+            "stopping: waiting up to {:?} for {} in-flight replies",
+            self.drain_timeout,
+            self.in_flight.len()
+        );
+        let drain = self.timers.get(Timer::DrainTimeout);
+        self.timers.set(
+            Timer::DrainTimeout,
+            drain.map_or(deadline, |d| d.min(deadline)),
+        );
+    }
+
+    /// A stop whose last reply in flight is done with ends now.
+    fn stop_if_drained(&mut self) {
+        if self.stop_deadline.is_some()
+            && self.in_flight.is_empty()
+            && self.phase != Phase::Finished
+        {
+            info!("in-flight replies acknowledged; disconnecting");
             self.finish();
         }
     }
@@ -543,16 +592,24 @@ impl Responder {
                         self.login(now);
                     }
                 }
-                Timer::DrainTimeout => {
-                    if self.phase != Phase::Finished {
+                Timer::DrainTimeout if self.phase != Phase::Finished => {
+                    let unacknowledged = self.in_flight.len();
+                    if self.stop_deadline.is_some_and(|d| d <= now) {
                         warn!(
-                            unacknowledged = self.in_flight.len(),
-                            "drain timed out with {} replies still unacknowledged",
-                            self.in_flight.len()
+                            unacknowledged,
+                            "{unacknowledged} replies still unacknowledged after {:?}; \
+                             disconnecting anyway",
+                            self.drain_timeout
                         );
-                        self.finish();
+                    } else {
+                        warn!(
+                            unacknowledged,
+                            "drain timed out with {unacknowledged} replies still unacknowledged"
+                        );
                     }
+                    self.finish();
                 }
+                Timer::DrainTimeout => {}
                 Timer::Resubscribe => {
                     if let Some(sub) = self.retry.take() {
                         self.subscribe(sub);
@@ -645,6 +702,23 @@ impl Responder {
     /// Whether the completion message arrived (no new commands are answered).
     pub fn is_draining(&self) -> bool {
         self.draining
+    }
+
+    /// Whether the run is over because its work is done: the completion message arrived
+    /// and the drain ended (not a stop).
+    pub fn is_completed(&self) -> bool {
+        self.phase == Phase::Finished && self.draining
+    }
+
+    /// Whether SIGTERM/SIGINT arrived ([`Responder::handle_shutdown`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stop_deadline.is_some()
+    }
+
+    /// The deadline of a stop: when SIGTERM arrived plus `drain_timeout`. Whatever ends the
+    /// connection (the offline record, the broker's close) shares it.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        self.stop_deadline
     }
 
     /// The UUID, once accepted.
@@ -1714,6 +1788,88 @@ mod tests {
         assert_eq!(actions(&mut r), [Action::Disconnect]);
         assert_eq!(r.phase(), Phase::Finished);
         assert_eq!(r.stats().answered[0].1, 0);
+    }
+
+    #[test]
+    fn shutdown_with_nothing_in_flight_disconnects_at_once_as_a_stop() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_shutdown(t);
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert!(r.is_stopping());
+        assert!(!r.is_completed(), "a stop, not a completed run");
+        assert_eq!(r.stop_deadline(), Some(t + session().drain_timeout));
+        // A second signal changes nothing.
+        r.handle_shutdown(ms(t, 10));
+        assert_eq!(actions(&mut r), []);
+        assert_eq!(r.stop_deadline(), Some(t + session().drain_timeout));
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_replies_in_flight_and_answers_nothing_new() {
+        let t = Instant::now();
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        actions(&mut r);
+        r.handle_shutdown(t);
+        assert_eq!(actions(&mut r), [], "the replies are awaited");
+        assert_eq!(r.poll_timeout(), Some(t + session().drain_timeout));
+        // New messages are neither answered nor acknowledged: the broker keeps them.
+        r.handle_message(MessageId(4), UUID, b"CMD3", t);
+        r.handle_message(MessageId(5), UUID, b"Well done my IoT!", t);
+        assert_eq!(actions(&mut r), []);
+        assert!(
+            !r.is_draining(),
+            "the completion message was not taken either"
+        );
+        r.handle_delivered(MessageId(2), ms(t, 1));
+        assert_eq!(actions(&mut r), []);
+        r.handle_failed(MessageId(3), ms(t, 2));
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert_eq!(r.phase(), Phase::Finished);
+        assert!(!r.is_completed());
+        assert_eq!(r.stats().answered[0].1, 1);
+        assert_eq!(r.stats().failed, 1);
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_unacknowledged_replies_after_drain_timeout() {
+        let t = Instant::now();
+        let drain = session().drain_timeout;
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        actions(&mut r);
+        let signal = ms(t, 100);
+        r.handle_shutdown(signal);
+        r.handle_timeout(signal + drain - Duration::from_millis(1));
+        assert_eq!(actions(&mut r), []);
+        r.handle_timeout(signal + drain);
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert_eq!(r.phase(), Phase::Finished);
+        assert_eq!(r.stats().answered[0].1, 0);
+    }
+
+    #[test]
+    fn shutdown_while_draining_keeps_the_earlier_deadline_and_completes() {
+        let t = Instant::now();
+        let drain = session().drain_timeout;
+        let mut r = answering(&session(), t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        actions(&mut r);
+        r.handle_shutdown(ms(t, 500));
+        assert_eq!(
+            r.poll_timeout(),
+            Some(t + drain),
+            "the completion's drain ends first"
+        );
+        r.handle_delivered(MessageId(2), ms(t, 600));
+        assert_eq!(actions(&mut r), [Action::Disconnect]);
+        assert!(
+            r.is_completed(),
+            "the completion message had arrived: the run is complete"
+        );
     }
 
     #[test]
