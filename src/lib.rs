@@ -20,7 +20,6 @@
 //! | [`cli`] | the command line |
 //! | [`examine`], [`examine_command`] | the peer side against a real broker, and its subcommand |
 //! | [`broker`], [`demo`], [`console`] | the embedded broker, the `demo`, what both show a person |
-//! | [`fasthash`] | the hasher of the maps on the per-message path |
 
 pub mod backoff;
 pub mod broker;
@@ -32,7 +31,6 @@ pub mod demo;
 pub mod driver;
 pub mod examine;
 pub mod examine_command;
-pub mod fasthash;
 pub mod logging;
 pub mod mqtt;
 pub mod presence;

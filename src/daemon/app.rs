@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::reconnect::{Context, Outcome};
 use crate::config::{self, Config};
 use crate::driver::{self, App, End};
-use crate::fasthash::FastMap;
+use rustc_hash::FxHashMap;
 use crate::logging::Logging;
 use crate::mqtt::packet::{ConnectCode, Publish, WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use crate::mqtt::session::{Event, PublishToken, Session};
@@ -37,7 +37,7 @@ pub(super) struct ResponderApp {
     /// SUBSCRIBE packet id → topic.
     subscriptions: HashMap<u16, String>,
     /// Reply publish → the command it answers.
-    replies: FastMap<PublishToken, Reply>,
+    replies: FxHashMap<PublishToken, Reply>,
     /// Until when the offline record may take to be acknowledged.
     farewell_deadline: Option<Instant>,
     disconnect_sent: bool,
@@ -80,7 +80,7 @@ impl ResponderApp {
             responder: fresh_responder(config),
             drain_timeout: config.session.drain_timeout,
             subscriptions: HashMap::new(),
-            replies: FastMap::default(),
+            replies: FxHashMap::default(),
             farewell_deadline: None,
             disconnect_sent: false,
             rejected: 0,

@@ -19,7 +19,7 @@ use super::packet::{
     QoS, Will,
 };
 use crate::config::Secret;
-use crate::fasthash::FastMap;
+use rustc_hash::FxHashMap;
 use crate::protocol::MessageId;
 
 /// Session settings, fixed for a run.
@@ -195,13 +195,13 @@ pub struct Session {
     /// Publishes waiting for a place in the window (or for a connection).
     pending: VecDeque<(PublishToken, Publish)>,
     /// Outgoing QoS 1/2 publishes by packet id.
-    outgoing: FastMap<u16, OutFlight>,
+    outgoing: FxHashMap<u16, OutFlight>,
     /// SUBSCRIBE packet ids awaiting SUBACK.
     subscribing: Vec<u16>,
     /// Inbound QoS 1/2 messages by packet id: the duplicate-suppression set.
-    inbound: FastMap<u16, InFlight>,
+    inbound: FxHashMap<u16, InFlight>,
     /// Message handle → inbound packet id.
-    inbound_ids: FastMap<MessageId, u16>,
+    inbound_ids: FxHashMap<MessageId, u16>,
     last_sent: Instant,
     last_received: Instant,
     ping_sent: Option<Instant>,
@@ -229,10 +229,10 @@ impl Session {
             next_message: 0,
             next_pkid: 0,
             pending: VecDeque::new(),
-            outgoing: FastMap::default(),
+            outgoing: FxHashMap::default(),
             subscribing: Vec::new(),
-            inbound: FastMap::default(),
-            inbound_ids: FastMap::default(),
+            inbound: FxHashMap::default(),
+            inbound_ids: FxHashMap::default(),
             last_sent: now,
             last_received: now,
             ping_sent: None,

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{MessageId, Shown};
 use crate::config::{ReplyTable, Session, UnknownCommand};
-use crate::fasthash::FastMap;
+use rustc_hash::FxHashMap;
 use crate::mqtt::QoS;
 use crate::topic::{Template, TopicError, Vars, validate_level, validate_topic};
 
@@ -206,7 +206,7 @@ pub struct Responder {
     /// `Some(payload)` when unknown commands are answered.
     unknown_reply: Option<Bytes>,
     /// Command → index into `replies` (and into the first rows of `stats.answered`).
-    table: FastMap<String, usize>,
+    table: FxHashMap<String, usize>,
     /// Reply payloads in table order; cloning a `Bytes` is a reference-count increment.
     replies: Vec<Bytes>,
 
@@ -218,7 +218,7 @@ pub struct Responder {
     /// SIGTERM/SIGINT received: nothing new is answered; the stop ends by this deadline.
     stop_deadline: Option<Instant>,
     /// Replies published but not yet acknowledged → row in `stats.answered`.
-    in_flight: FastMap<MessageId, usize>,
+    in_flight: FxHashMap<MessageId, usize>,
     /// The broker's cap from the latest CONNACK.
     broker_qos: QoS,
     /// The lowest QoS granted in a SUBACK during the current broker session.
@@ -254,7 +254,7 @@ impl Responder {
             user_id: &session.user_id,
             ..Vars::default()
         };
-        let mut table = FastMap::with_capacity_and_hasher(replies.0.len(), Default::default());
+        let mut table = FxHashMap::with_capacity_and_hasher(replies.0.len(), Default::default());
         let mut payloads = Vec::with_capacity(replies.0.len());
         let mut answered = Vec::with_capacity(replies.0.len());
         for (command, reply) in &replies.0 {
@@ -289,7 +289,7 @@ impl Responder {
             accepted: None,
             draining: false,
             stop_deadline: None,
-            in_flight: FastMap::default(),
+            in_flight: FxHashMap::default(),
             broker_qos: QoS::ExactlyOnce,
             granted_qos: QoS::ExactlyOnce,
             granted_known: false,
@@ -634,7 +634,7 @@ impl Responder {
     /// and still count for their command, and the counters carry over by command name.
     /// All or nothing: if a reply topic cannot be rendered, the old table stays.
     pub fn replace_replies(&mut self, replies: &ReplyTable) -> Result<(), String> {
-        let mut table = FastMap::with_capacity_and_hasher(replies.0.len(), Default::default());
+        let mut table = FxHashMap::with_capacity_and_hasher(replies.0.len(), Default::default());
         let mut payloads = Vec::with_capacity(replies.0.len());
         let mut commands: Vec<&str> = Vec::with_capacity(replies.0.len());
         for (command, reply) in &replies.0 {
