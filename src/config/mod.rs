@@ -1535,34 +1535,14 @@ fn default_log_format() -> String {
 }
 
 #[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
-
-    const USER: &str = "session.user_id = \"2547841\"\n";
-    const SECRET: &str = "s3cr3t-Pa55w0rd";
-
-    /// A config file with `content` in a fresh directory, mode 0600.
-    fn file(content: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
-        (dir, path)
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn load_env(content: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let (_dir, path) = file(content);
-        load_with_env(&path, env(vars)).map(|(config, _)| config)
-    }
 
     #[test]
     fn reload_names_the_keys_that_need_a_restart() {
@@ -1588,32 +1568,6 @@ mod tests {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }
         assert!(!keys.iter().any(|k| k.contains(SECRET)));
-    }
-
-    fn ok(content: &str) -> Config {
-        match load_env(content, &[]) {
-            Ok(config) => config,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// The error for `content` + `vars`, checked to name the file, without its prefix.
-    fn err_env(content: &str, vars: &[(&str, &str)]) -> String {
-        let (_dir, path) = file(content);
-        let e = match load_with_env(&path, env(vars)) {
-            Ok(_) => panic!("loaded, expected an error:\n{content}"),
-            Err(e) => e,
-        };
-        assert_eq!(e.file, path);
-        let shown = e.to_string();
-        let prefix = format!("config error in {}: ", path.display());
-        assert!(shown.starts_with(&prefix), "{shown}");
-        assert_eq!(shown[prefix.len()..], e.message);
-        e.message
-    }
-
-    fn err(content: &str) -> String {
-        err_env(content, &[])
     }
 
     /// Every case: a TOML snippet (dotted keys, so no headers are needed) and text the error
