@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,9 +13,12 @@ use std::time::Duration;
 use crate::mqtt::{Protocol, QoS};
 use crate::topic::{Template, Var, Vars, validate_level, validate_topic};
 
+mod error;
 mod raw;
 mod schema;
 
+pub use error::ConfigError;
+use error::{Check, quoted};
 use raw::{RawBroker, RawConfig, RawSession, RawTls};
 pub use schema::{
     Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Secret, Session, Tls,
@@ -26,16 +28,6 @@ pub use schema::{
 /// Where the configuration is read from when neither `--config` nor `MQTT_RESPONDER_CONFIG`
 /// says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/mqtt-responder/config.toml";
-
-/// A configuration problem, always naming the file and, where there is one, the key.
-#[derive(Debug, thiserror::Error)]
-#[error("config error in {}: {message}", file.display())]
-pub struct ConfigError {
-    /// The configuration file.
-    pub file: PathBuf,
-    /// `key = value, expected …` or what else went wrong.
-    pub message: String,
-}
 
 /// Environment variable naming the configuration file when `--config` is not given.
 const CONFIG_ENV: &str = "MQTT_RESPONDER_CONFIG";
@@ -50,9 +42,6 @@ const REPLIES_ENV_PREFIX: &str = "mqtt_responder__replies__";
 
 /// What `check-config` prints instead of a password.
 const REDACTED: &str = "<redacted>";
-
-/// Keys whose values never appear in an error message or in `check-config` output.
-const SECRET_KEYS: &[&str] = &["broker.password"];
 
 /// Upper bound for durations and counts. Far beyond any sensible setting, and it keeps
 /// `Instant + Duration` arithmetic elsewhere in the daemon clear of overflow.
@@ -355,41 +344,8 @@ impl Env {
     }
 }
 
-/// Builds error messages that name the file, the dotted key and, when an environment
-/// variable set the key, that variable.
-struct Check<'a> {
-    file: &'a Path,
-    origins: &'a HashMap<String, String>,
-}
-
+/// The checks of single values, each failing with a [`ConfigError`] that names the key.
 impl Check<'_> {
-    fn error(&self, key: &str, message: String) -> ConfigError {
-        let from = match self.origins.get(key) {
-            Some(name) => format!(" (from environment variable {name})"),
-            None => String::new(),
-        };
-        ConfigError {
-            file: self.file.to_path_buf(),
-            message: format!("{message}{from}"),
-        }
-    }
-
-    /// `key = value, expected …`.
-    fn invalid(&self, key: &str, value: impl Display, expected: impl Display) -> ConfigError {
-        self.error(key, format!("{key} = {value}, expected {expected}"))
-    }
-
-    /// `key = value: why` — for a value that is the right kind but still unusable.
-    fn rejected(&self, key: &str, value: impl Display, why: impl Display) -> ConfigError {
-        self.error(key, format!("{key} = {value}: {why}"))
-    }
-
-    /// `key: what is wrong` — when the value is a secret, too long to show, or beside the
-    /// point.
-    fn problem(&self, key: &str, what: impl Display) -> ConfigError {
-        self.error(key, format!("{key}: {what}"))
-    }
-
     fn int(
         &self,
         key: &str,
@@ -470,88 +426,6 @@ impl Check<'_> {
             return Err(self.rejected(key, quoted(path), "is a directory, expected a file"));
         }
         Ok(PathBuf::from(path))
-    }
-
-    /// Turns an error of the `config` crate into ours, with the dotted key it concerns.
-    fn config_crate_error(&self, error: config::ConfigError) -> ConfigError {
-        let (key, what) = describe(error, "");
-        if key.is_empty() {
-            self.error("", what)
-        } else {
-            self.problem(&key, what)
-        }
-    }
-}
-
-/// A string as it is shown in messages: quoted, control characters escaped, and cut short
-/// when long (a 64 KiB topic would drown the message).
-fn quoted(value: &str) -> String {
-    const SHOWN: usize = 64;
-    if value.chars().count() <= SHOWN {
-        format!("{value:?}")
-    } else {
-        let head: String = value.chars().take(SHOWN).collect();
-        format!("{head:?}… ({} bytes)", value.len())
-    }
-}
-
-/// Splits an error of the `config` crate into the dotted key it concerns and what is wrong.
-/// The crate reports unknown keys only through serde's message text, so that is parsed; a
-/// secret's value is never included.
-fn describe(error: config::ConfigError, parent: &str) -> (String, String) {
-    match error {
-        config::ConfigError::Type {
-            unexpected,
-            expected,
-            key,
-            ..
-        } => {
-            let key = join(parent, key.as_deref().unwrap_or(""));
-            let expected = if expected.contains("integer") {
-                "an integer"
-            } else {
-                expected
-            };
-            if SECRET_KEYS.contains(&key.as_str()) {
-                (key, format!("wrong type, expected {expected}"))
-            } else {
-                (key, format!("found {unexpected}, expected {expected}"))
-            }
-        }
-        config::ConfigError::At { error, key, .. } => {
-            describe(*error, &join(parent, key.as_deref().unwrap_or("")))
-        }
-        config::ConfigError::Message(message) => {
-            let unknown = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split_once('`'));
-            if let Some((field, hint)) = unknown {
-                let hint = hint.trim_start_matches(", ");
-                let what = if hint.is_empty() {
-                    "unknown key".to_owned()
-                } else {
-                    format!("unknown key ({hint})")
-                };
-                (join(parent, field), what)
-            } else if SECRET_KEYS.contains(&parent) {
-                (parent.to_owned(), "invalid value".to_owned())
-            } else if let Some(rest) = message.strip_prefix("invalid type: ") {
-                // serde's wording, made to match ours ("found …, expected …").
-                (parent.to_owned(), format!("found {rest}"))
-            } else {
-                (parent.to_owned(), message)
-            }
-        }
-        config::ConfigError::NotFound(key) => (join(parent, &key), "missing".to_owned()),
-        other => (parent.to_owned(), other.to_string()),
-    }
-}
-
-fn join(parent: &str, key: &str) -> String {
-    match (parent.is_empty(), key.is_empty()) {
-        (true, _) => key.to_owned(),
-        (false, true) => parent.to_owned(),
-        (false, false) => format!("{parent}.{key}"),
     }
 }
 
@@ -1373,19 +1247,6 @@ mod tests {
     }
 
     #[test]
-    fn the_example_message_of_the_spec() {
-        let (_dir, path) = file(&format!("{USER}session.qos = 3\n"));
-        let e = load_with_env(&path, Vec::new()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "config error in {}: session.qos = 3, expected 0, 1 or 2",
-                path.display()
-            )
-        );
-    }
-
-    #[test]
     fn user_id_is_required() {
         for content in ["", "[session]\n", "[broker]\nhost = \"h\"\n"] {
             let message = err(content);
@@ -1412,54 +1273,6 @@ mod tests {
             "{}",
             &message[message.len() - 80..]
         );
-    }
-
-    #[test]
-    fn unknown_keys_are_named_in_every_section() {
-        let cases = [
-            ("broker.hots = \"x\"", "broker.hots: unknown key"),
-            ("broker.tls.ca = \"x\"", "broker.tls.ca: unknown key"),
-            ("session.qso = 1", "session.qso: unknown key"),
-            ("reconnect.retries = 1", "reconnect.retries: unknown key"),
-            ("log.colour = \"x\"", "log.colour: unknown key"),
-            ("verbose = true", "verbose: unknown key"),
-            ("[brokers]\nhost = \"x\"", "brokers: unknown key"),
-        ];
-        for (snippet, expected) in cases {
-            let message = err(&format!("{USER}{snippet}\n"));
-            assert!(message.starts_with(expected), "{snippet}: {message}");
-        }
-        // The list of valid keys helps with the typo.
-        let message = err(&format!("{USER}broker.hots = \"x\"\n"));
-        assert!(message.contains("`host`"), "{message}");
-    }
-
-    #[test]
-    fn wrong_types_name_the_key() {
-        let cases = [
-            (
-                "session.qos = \"two\"",
-                "session.qos: found string \"two\", expected an integer",
-            ),
-            (
-                "broker.port = \"eighty\"",
-                "broker.port: found string \"eighty\", expected an integer",
-            ),
-            (
-                "reconnect.max_attempts = [1]",
-                "reconnect.max_attempts: found sequence",
-            ),
-            ("broker.host = { a = 1 }", "broker.host: found map"),
-            ("broker = 5", "broker: found integer `5`, expected a table"),
-            (
-                "broker.tls = \"yes\"",
-                "broker.tls: found string \"yes\", expected a table",
-            ),
-        ];
-        for (snippet, expected) in cases {
-            let message = err(&format!("{USER}{snippet}\n"));
-            assert!(message.starts_with(expected), "{snippet}: {message}");
-        }
     }
 
     #[test]
