@@ -13,6 +13,7 @@ use crate::topic::{Template, Var, Vars, validate_level, validate_topic};
 
 mod error;
 mod load;
+mod permissions;
 mod raw;
 mod render;
 mod schema;
@@ -21,6 +22,7 @@ pub use error::ConfigError;
 use error::{Check, quoted};
 pub use load::{DEFAULT_PATH, resolve_path};
 use load::{ENV_PREFIX, Env, deserialize, parse_toml, read_config_file};
+use permissions::permission_warnings;
 use raw::{RawBroker, RawConfig, RawSession, RawTls};
 pub use schema::{
     Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Secret, Session, Tls,
@@ -630,53 +632,6 @@ fn session(
     })
 }
 
-/// Warnings for passwords that other local users can read: the configuration file when it
-/// holds `broker.password` itself, and the `password_file`.
-fn permission_warnings(
-    path: &Path,
-    document: &toml::Table,
-    password_file: Option<&Path>,
-) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let file_has_password = document
-        .get("broker")
-        .and_then(|b| b.get("password"))
-        .and_then(toml::Value::as_str)
-        .is_some_and(|p| !p.is_empty());
-    if file_has_password {
-        if let Some(mode) = readable_by_others(path) {
-            warnings.push(format!(
-                "{} holds broker.password and is readable by other users (mode {mode:04o}); \
-                 chmod 600 it",
-                path.display()
-            ));
-        }
-    }
-    if let Some(file) = password_file {
-        if let Some(mode) = readable_by_others(file) {
-            warnings.push(format!(
-                "{} (broker.password_file) is readable by other users (mode {mode:04o}); \
-                 chmod 600 it",
-                file.display()
-            ));
-        }
-    }
-    warnings
-}
-
-/// The permission bits of `path` when "others" may read it.
-#[cfg(unix)]
-fn readable_by_others(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o004 != 0).then_some(mode)
-}
-
-#[cfg(not(unix))]
-fn readable_by_others(_path: &Path) -> Option<u32> {
-    None
-}
-
 #[cfg(test)]
 mod testing;
 
@@ -1030,47 +985,6 @@ mod tests {
         assert_eq!(config.broker.password, None);
         let config = ok(&format!("{USER}broker.username = \"pi\"\n"));
         assert_eq!(config.broker.username.as_deref(), Some("pi"));
-    }
-
-    #[test]
-    fn passwords_readable_by_others_draw_a_warning() {
-        let content = format!("{USER}broker.password = \"{SECRET}\"\n");
-        let (_dir, path) = file(&content);
-        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-
-        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
-        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
-        assert_eq!(
-            warnings,
-            [format!(
-                "{} holds broker.password and is readable by other users (mode 0644); \
-                 chmod 600 it",
-                path.display()
-            )]
-        );
-        assert!(!warnings[0].contains(SECRET));
-
-        // Without a password in it, a readable config file is fine.
-        let (_dir2, plain) = file(USER);
-        std::fs::set_permissions(&plain, Permissions::from_mode(0o644)).unwrap();
-        let (_, warnings) = load_with_env(&plain, Vec::new()).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-
-        // The password file itself.
-        let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("password");
-        std::fs::write(&pw, SECRET).unwrap();
-        std::fs::set_permissions(&pw, Permissions::from_mode(0o604)).unwrap();
-        let (_dir3, path) = file(&format!("{USER}broker.password_file = {pw:?}\n"));
-        let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
-        assert_eq!(
-            warnings,
-            [format!(
-                "{} (broker.password_file) is readable by other users (mode 0604); chmod 600 it",
-                pw.display()
-            )]
-        );
     }
 
     #[test]
