@@ -7,22 +7,22 @@
 use std::path::Path;
 
 mod error;
-mod load;
 mod permissions;
 mod raw;
 mod render;
 mod schema;
+mod source;
 mod validate;
 
 use error::Check;
 pub use error::ConfigError;
-pub use load::{DEFAULT_PATH, resolve_path};
-use load::{ENV_PREFIX, Env, deserialize, parse_toml, read_config_file};
 use permissions::permission_warnings;
 pub use schema::{
     Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Secret, Session, Tls,
     UnknownCommand,
 };
+pub use source::{DEFAULT_PATH, resolve_path};
+use source::{ENV_PREFIX, Env, deserialize, parse_toml, read_config_file};
 pub use validate::strip_one_newline;
 use validate::{reply_table, validate};
 
