@@ -1,8 +1,26 @@
-//! Configuration: the TOML schema (SPEC §3), loading from file plus environment overrides,
-//! validation into types, and the redacted view printed by `check-config`.
+//! Configuration: the TOML file of SPEC §3 with `MQTT_RESPONDER__SECTION__KEY` environment
+//! overrides, validated into the types the rest of the daemon uses, and written back out,
+//! redacted, by `check-config`.
 //!
-//! Public types below are the validated configuration the rest of the daemon uses; the raw
-//! serde schema stays private to this module.
+//! How a configuration is read: [`load`] takes the process environment, [`load_with_env`] is
+//! handed one, and both read the file ([`resolve_path`] says which); [`from_toml`] starts
+//! from text, with no environment. Then, in `load_text`:
+//! 1. the environment is sorted into per-key overrides, per-command reply overrides and
+//!    `STATE_DIRECTORY` (`source.rs`);
+//! 2. the text is parsed as TOML by us, for syntax errors that give a position but never
+//!    quote the line (it may hold the password), and for the order of `[replies]`
+//!    (`source.rs`);
+//! 3. the `config` crate layers the overrides over the text and deserializes the result into
+//!    the raw serde schema, whose defaults are SPEC §3's (`source.rs`, `raw.rs`);
+//! 4. validation turns the raw schema and the reply table into a [`Config`] (`validate.rs`);
+//!    every failure is a [`ConfigError`] naming the file, the key and, where one set it, the
+//!    environment variable (`error.rs`);
+//! 5. a password that other users can read draws a warning, returned beside the
+//!    configuration (`permissions.rs`).
+//!
+//! The validated types are in `schema.rs`; [`Config::to_redacted_toml`] and
+//! [`Config::restart_needed`] in `render.rs`. The submodules are private: what the rest of
+//! the program may use is re-exported here, and the raw schema is not.
 
 use std::path::Path;
 
