@@ -72,10 +72,10 @@ use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
 use mqtt_responder::examine::{self, Examination, PeerConnection};
 use mqtt_responder::mqtt::session::{Event, Session};
-use mqtt_responder::mqtt::{Protocol, QoS};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
 use mqtt_responder::protocol::examiner::{Action, Examiner, ExaminerSettings, Note};
 use mqtt_responder::transport::Endpoint;
+use mqtt_responder::vocabulary::{Protocol, QoS};
 
 /// The window of the throughput case: mosquitto's default `max_inflight_messages`.
 const THROUGHPUT_WINDOW: usize = 20;

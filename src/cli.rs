@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::vocabulary::QoS;
+
 /// Headless MQTT command-responder daemon.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -48,8 +50,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 12)]
     pub commands: usize,
     /// QoS on both sides (0, 1 or 2).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
+    #[arg(long, default_value_t = QoS::ExactlyOnce, value_parser = parse_qos)]
+    pub qos: QoS,
     /// Pause between handing out the UUID and the first command, in ms.
     #[arg(long, default_value_t = 500)]
     pub delay_ms: u64,
@@ -92,8 +94,8 @@ pub struct ExamineArgs {
     #[arg(long, value_enum, default_value = "3.1.1")]
     pub protocol: ProtocolArg,
     /// QoS of subscriptions and commands; replies must arrive at it (0, 1 or 2).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
+    #[arg(long, default_value_t = QoS::ExactlyOnce, value_parser = parse_qos)]
+    pub qos: QoS,
     /// Commands to send to each device.
     #[arg(long, default_value_t = 20)]
     pub commands: usize,
@@ -143,4 +145,12 @@ pub struct ExamineArgs {
     /// Print the result as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--qos`: 0, 1 or 2.
+fn parse_qos(text: &str) -> Result<QoS, String> {
+    text.parse::<u8>()
+        .ok()
+        .and_then(|n| QoS::try_from(n).ok())
+        .ok_or_else(|| format!("{text:?} is not a QoS: expected 0, 1 or 2"))
 }

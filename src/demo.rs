@@ -13,9 +13,8 @@ use crate::config;
 use crate::console::{self, Transcript};
 use crate::daemon::{self, Outcome};
 use crate::examine::{self, Examination, PeerConnection};
-use crate::mqtt::{Protocol, QoS};
-use crate::protocol::examiner::ExaminerSettings;
 use crate::transport::Endpoint;
+use crate::vocabulary::{Protocol, QoS};
 
 /// The user ID the demo's daemon logs in with (SPEC §2's example).
 const USER_ID: &str = "2547841";
@@ -77,7 +76,7 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
             return 1;
         }
     };
-    let mut settings = ExaminerSettings::from_session(&config.session, &config.replies);
+    let mut settings = config.examiner_settings();
     settings.commands = options.commands;
     settings.delay = options.delay;
     settings.seed = rand::random();

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{self, App, End};
 use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
-use crate::mqtt::{Protocol, QoS};
 use crate::protocol::examiner::{
     Action, Examiner, ExaminerSettings, Note, Phase, Report, SUBSCRIBE_ATTEMPTS,
 };
 use crate::topic::Vars;
 use crate::transport::Endpoint;
+use crate::vocabulary::{Protocol, QoS};
 
 /// Between two connection attempts after the examiner lost its connection: short and
 /// fixed, since the examiner is a test tool and must come back quickly after a broker
@@ -43,7 +43,7 @@ pub struct PeerConnection {
     /// User name.
     pub username: Option<String>,
     /// Password.
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::vocabulary::Secret>,
 }
 
 /// A message sent to the responder besides the commands (hostile payloads, stray topics),

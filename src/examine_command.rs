@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use crate::cli::{ExamineArgs, ProtocolArg};
-use crate::config::{self, Broker, ClientAuth, ReplyTable, Secret, Tls};
+use crate::config::{self, Broker, ClientAuth, ReplyTable, Tls};
 use crate::console::{self, Progress};
 use crate::examine::{self, Examination, PeerConnection};
-use crate::mqtt::{Protocol, QoS};
 use crate::protocol::examiner::ExaminerSettings;
 use crate::topic::{Template, Var};
 use crate::transport::Endpoint;
+use crate::vocabulary::Protocol;
+use crate::vocabulary::Secret;
 
 /// Runs `examine`; returns the exit code.
 pub fn run(args: &ExamineArgs) -> u8 {
@@ -65,7 +66,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         ProtocolArg::V311 => Protocol::V311,
         ProtocolArg::V5 => Protocol::V5,
     };
-    let qos = QoS::try_from(args.qos).map_err(|q| format!("--qos {q}: expected 0, 1 or 2"))?;
+    let qos = args.qos;
     let password = match (&args.password, &args.password_file) {
         (Some(p), _) => Some(Secret::new(p.clone())),
         (None, Some(path)) => {

@@ -39,3 +39,4 @@ pub mod state;
 pub mod systemd;
 pub mod topic;
 pub mod transport;
+pub mod vocabulary;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_responder::cli::{Cli, Command, DemoArgs, ProtocolArg};
 use mqtt_responder::config::{self, Config};
-use mqtt_responder::mqtt::{Protocol, QoS};
 use mqtt_responder::transport::Endpoint;
+use mqtt_responder::vocabulary::Protocol;
 use mqtt_responder::{daemon, demo, examine_command, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
 fn demo_options(args: &DemoArgs) -> demo::DemoOptions {
     demo::DemoOptions {
         commands: args.commands,
-        qos: QoS::try_from(args.qos).unwrap_or(QoS::ExactlyOnce),
+        qos: args.qos,
         delay: Duration::from_millis(args.delay_ms),
         protocol: match args.protocol {
             ProtocolArg::V311 => Protocol::V311,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::Session;
-use crate::mqtt::QoS;
 use crate::mqtt::packet::{Publish, Will};
 use crate::topic::Vars;
+use crate::vocabulary::QoS;
 
 /// Presence goes out at QoS 1: the record must arrive, and exactly-once buys nothing for a
 /// retained value that is overwritten anyway.
@@ -305,7 +305,7 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testing::session;
+    use crate::config::testing::session;
 
     fn json(p: &Publish) -> serde_json::Value {
         serde_json::from_slice(&p.payload).expect("presence is JSON")

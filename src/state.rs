@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::mqtt::session::SessionState;
+use crate::vocabulary::QoS;
 
 /// Format version; a file of another version is ignored (with a warning).
 const VERSION: u32 = 1;
@@ -38,8 +39,8 @@ pub struct RunState {
     pub uuid: Option<String>,
     /// The completion message had arrived.
     pub draining: bool,
-    /// QoS replies were sent at.
-    pub qos: u8,
+    /// QoS replies were sent at (a file with another number is not a state file).
+    pub qos: QoS,
     /// Replies in flight: which inbound command each answers.
     pub replies: Vec<SavedReply>,
     /// The MQTT session.
@@ -216,7 +217,7 @@ impl RunState {
             broker: broker.to_owned(),
             uuid: None,
             draining: false,
-            qos: 2,
+            qos: QoS::ExactlyOnce,
             replies: Vec::new(),
             session,
         }
@@ -352,7 +353,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::mqtt::session::{Session, SessionConfig};
-    use crate::mqtt::{Protocol, QoS};
+    use crate::vocabulary::{Protocol, QoS};
 
     fn state() -> RunState {
         let config = SessionConfig {
@@ -442,5 +443,16 @@ mod tests {
         fs::write(file.path(), serde_json::to_vec(&other).unwrap()).unwrap();
         let err = file.load().unwrap_err().to_string();
         assert!(err.contains("version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_qos_that_is_not_0_1_or_2_is_refused_not_read_as_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let mut json: serde_json::Value = serde_json::to_value(state()).unwrap();
+        json["qos"] = 7.into();
+        fs::write(file.path(), serde_json::to_vec(&json).unwrap()).unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(err.contains("QoS 7 is not 0, 1 or 2"), "{err}");
     }
 }

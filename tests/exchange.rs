@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt_responder::examine::Noise;
-use mqtt_responder::protocol::examiner::ExaminerSettings;
 use support::exchange::{self, Outcome};
 
 /// One run: the daemon's config (`[broker]` host/port/protocol filled in) and what the peer
@@ -56,7 +55,7 @@ impl Exchange {
             &self.config_toml(),
             &format!("examiner-{}", self.user_id),
             |cfg| {
-                let mut settings = ExaminerSettings::from_session(&cfg.session, &cfg.replies);
+                let mut settings = cfg.examiner_settings();
                 settings.commands = commands;
                 settings.delay = Duration::from_millis(100);
                 settings.seed = seed;

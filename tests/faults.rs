@@ -134,7 +134,7 @@ impl Scenario {
         let peer_dir = tempfile::tempdir().unwrap();
         let peer_config = write_config(peer_dir.path(), &self.config_toml(self.broker_port, None));
         let (peer_cfg, _) = config::load(&peer_config).expect("test config is valid");
-        let mut settings = ExaminerSettings::from_session(&daemon_cfg.session, &daemon_cfg.replies);
+        let mut settings = daemon_cfg.examiner_settings();
         settings.commands = self.commands;
         settings.delay = Duration::from_millis(100);
         settings.reply_timeout = Duration::from_secs(20);

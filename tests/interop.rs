@@ -98,8 +98,10 @@ impl Run {
             |cfg| {
                 // The examiner sends the seed table only; extra entries come as noise, if
                 // at all.
-                let mut settings =
-                    ExaminerSettings::from_session(&cfg.session, &ReplyTable::seed());
+                let mut settings = ExaminerSettings::mirroring(
+                    &cfg.session.responder_settings(),
+                    &ReplyTable::seed(),
+                );
                 settings.commands = COMMANDS;
                 settings.delay = Duration::from_millis(100);
                 settings.window = window;
@@ -634,7 +636,7 @@ fn aedes_mqtt311() {
 fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_up() {
     use mqtt_responder::driver::{self, App, End};
     use mqtt_responder::mqtt::session::{Event, Session, SessionConfig};
-    use mqtt_responder::mqtt::{Protocol, QoS};
+    use mqtt_responder::vocabulary::{Protocol, QoS};
     use std::time::Instant;
     use support::proxy::Proxy;
     use tokio_util::sync::CancellationToken;

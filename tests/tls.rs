@@ -439,7 +439,7 @@ fn examine_cli_over_tls_with_credentials_that_are_never_logged() {
 /// The examiner's settings for the daemon's config, `commands` commands.
 fn settings(commands: usize) -> impl FnOnce(&mqtt_responder::config::Config) -> ExaminerSettings {
     move |cfg| {
-        let mut settings = ExaminerSettings::from_session(&cfg.session, &cfg.replies);
+        let mut settings = cfg.examiner_settings();
         settings.commands = commands;
         settings.delay = Duration::from_millis(100);
         settings

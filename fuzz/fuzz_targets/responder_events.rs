@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mqtt_responder::config::{ReplyTable, Session, UnknownCommand};
-use mqtt_responder::mqtt::QoS;
-use mqtt_responder::protocol::MessageId;
-use mqtt_responder::protocol::responder::{Action, OutgoingKind, Responder, ResponseTo};
+use mqtt_responder::protocol::responder::{
+    Action, OutgoingKind, Responder, ResponderSettings, ResponseTo,
+};
+use mqtt_responder::protocol::{ReplyTable, UnknownCommand};
 use mqtt_responder::topic::{Template, Var, Vars, validate_level, validate_topic};
+use mqtt_responder::vocabulary::{MessageId, QoS};
 
 const USER_ID: &str = "2547841";
 const COMPLETION: &str = "Well done my IoT!";
@@ -158,11 +159,11 @@ fn cmd_bytes(c: &Cmd) -> Vec<u8> {
     }
 }
 
-fn session(input: &Input) -> Session {
+fn session(input: &Input) -> ResponderSettings {
     let all = [Var::UserId, Var::Uuid, Var::Command];
     let t = |s: &str, allowed: &[Var]| Template::parse(s, allowed).expect("template");
     let pick = |list: &[&'static str], i: u8| list[usize::from(i) % list.len()];
-    Session {
+    ResponderSettings {
         user_id: USER_ID.to_owned(),
         login_topic: t("login", &all[..1]),
         uuid_topic: t("{user_id}/UUID", &all[..1]),
@@ -178,9 +179,6 @@ fn session(input: &Input) -> Session {
         } else {
             UnknownCommand::Ignore
         },
-        status_topic: None,
-        status_interval: Duration::from_secs(60),
-        state_dir: None,
     }
 }
 

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use mqtt_responder::config::Secret;
 use mqtt_responder::mqtt::packet::Publish;
 use mqtt_responder::mqtt::session::{Event, PublishToken, Session, SessionConfig};
-use mqtt_responder::mqtt::{Protocol, QoS};
-use mqtt_responder::protocol::MessageId;
+use mqtt_responder::vocabulary::MessageId;
+use mqtt_responder::vocabulary::Secret;
+use mqtt_responder::vocabulary::{Protocol, QoS};
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -36,8 +36,7 @@ use error::Check;
 pub use error::ConfigError;
 use permissions::permission_warnings;
 pub use schema::{
-    Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Secret, Session, Tls,
-    UnknownCommand,
+    Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Session, Tls, UnknownCommand,
 };
 pub use source::{DEFAULT_PATH, resolve_path};
 use source::{ENV_PREFIX, Env, deserialize, parse_toml, read_config_file};
@@ -104,7 +103,7 @@ fn load_text(
 }
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {

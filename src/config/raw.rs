@@ -251,8 +251,8 @@ mod tests {
 
     use crate::config::testing::*;
     use crate::config::{Log, LogFormat, Reconnect, ReplyTable, UnknownCommand};
-    use crate::mqtt::{Protocol, QoS};
     use crate::topic::Template;
+    use crate::vocabulary::{Protocol, QoS};
 
     #[test]
     fn defaults_are_those_of_the_spec() {

@@ -7,8 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::mqtt::{Protocol, QoS};
+use crate::protocol::examiner::ExaminerSettings;
+use crate::protocol::responder::ResponderSettings;
+pub use crate::protocol::{ReplyTable, UnknownCommand};
 use crate::topic::Template;
+use crate::vocabulary::{Protocol, QoS, Secret};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -70,28 +73,6 @@ pub struct ClientAuth {
     pub key_file: PathBuf,
 }
 
-/// A secret that never shows up in `Debug` output, logs or `check-config`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    /// The secret itself, for the one place that needs it (the CONNECT packet).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// `[session]`, validated.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -125,46 +106,30 @@ pub struct Session {
     pub state_dir: Option<PathBuf>,
 }
 
-/// `session.unknown_command` (with `unknown_reply` folded in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnknownCommand {
-    /// Log at WARN and send nothing.
-    Ignore,
-    /// Log at WARN and answer with this payload.
-    Reply(String),
+impl Session {
+    /// What the responder needs of `[session]`.
+    pub fn responder_settings(&self) -> ResponderSettings {
+        ResponderSettings {
+            user_id: self.user_id.clone(),
+            login_topic: self.login_topic.clone(),
+            uuid_topic: self.uuid_topic.clone(),
+            command_topic: self.command_topic.clone(),
+            reply_topic: self.reply_topic.clone(),
+            completion_message: self.completion_message.clone(),
+            qos: self.qos,
+            login_timeout: self.login_timeout,
+            drain_timeout: self.drain_timeout,
+            max_payload_bytes: self.max_payload_bytes,
+            unknown_command: self.unknown_command.clone(),
+        }
+    }
 }
 
-/// `[replies]`: command → reply payload, in the order of the file. Commands are valid single
-/// topic levels (they are rendered into reply topics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyTable(pub Vec<(String, String)>);
-
-impl ReplyTable {
-    /// The reply for `command`, if the table has one.
-    pub fn reply(&self, command: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(c, _)| c == command)
-            .map(|(_, r)| r.as_str())
-    }
-
-    /// SPEC §2's default table: CMD1→Apple … CMD7→Toy.
-    pub fn seed() -> ReplyTable {
-        let pairs = [
-            ("CMD1", "Apple"),
-            ("CMD2", "Cat"),
-            ("CMD3", "Dog"),
-            ("CMD4", "Rat"),
-            ("CMD5", "Boy"),
-            ("CMD6", "Girl"),
-            ("CMD7", "Toy"),
-        ];
-        ReplyTable(
-            pairs
-                .iter()
-                .map(|(c, r)| (c.to_string(), r.to_string()))
-                .collect(),
-        )
+impl Config {
+    /// Settings for an examiner that mirrors this responder (topics, completion message,
+    /// QoS, reply table, user ID); the rest as the examiner's defaults.
+    pub fn examiner_settings(&self) -> ExaminerSettings {
+        ExaminerSettings::mirroring(&self.session.responder_settings(), &self.replies)
     }
 }
 

@@ -141,8 +141,9 @@ pub(super) fn deserialize(
 mod tests {
     use super::*;
     use crate::config::testing::*;
-    use crate::config::{ReplyTable, Secret, load_with_env};
-    use crate::mqtt::QoS;
+    use crate::config::{ReplyTable, load_with_env};
+    use crate::vocabulary::QoS;
+    use crate::vocabulary::Secret;
 
     #[test]
     fn a_missing_file_is_named() {

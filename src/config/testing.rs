@@ -1,11 +1,12 @@
 //! Helpers shared by the configuration's unit tests: a config file in a fresh directory, an
-//! environment given as pairs, and loading that must succeed or must fail naming the file.
+//! environment given as pairs, and loading that must succeed or must fail naming the file;
+//! and, for the tests of other modules, `[session]` with SPEC §3's defaults.
 
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use super::{Config, ConfigError, load_with_env};
+use super::{Config, ConfigError, Session, from_toml, load_with_env};
 
 pub(super) const USER: &str = "session.user_id = \"2547841\"\n";
 pub(super) const SECRET: &str = "s3cr3t-Pa55w0rd";
@@ -55,4 +56,11 @@ pub(super) fn err_env(content: &str, vars: &[(&str, &str)]) -> String {
 
 pub(super) fn err(content: &str) -> String {
     err_env(content, &[])
+}
+
+/// `[session]` with SPEC §3's defaults (user ID 2547841), for other modules' tests.
+pub(crate) fn session() -> Session {
+    from_toml(std::path::Path::new("test.toml"), USER)
+        .expect("the defaults are valid")
+        .session
 }

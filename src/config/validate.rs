@@ -12,11 +12,11 @@ use std::time::Duration;
 use super::error::{Check, ConfigError, quoted};
 use super::raw::{RawBroker, RawConfig, RawSession, RawTls};
 use super::schema::{
-    Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Secret, Session, Tls,
-    UnknownCommand,
+    Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Session, Tls, UnknownCommand,
 };
-use crate::mqtt::{Protocol, QoS};
 use crate::topic::{Template, Var, Vars, validate_level, validate_topic};
+use crate::vocabulary::Secret;
+use crate::vocabulary::{Protocol, QoS};
 
 /// Upper bound for durations and counts. Far beyond any sensible setting, and it keeps
 /// `Instant + Duration` arithmetic elsewhere in the daemon clear of overflow.

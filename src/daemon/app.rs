@@ -13,16 +13,16 @@ use tokio::sync::Notify;
 use super::reconnect::{Context, Outcome};
 use crate::config::{self, Config};
 use crate::driver::{self, App, End};
-use rustc_hash::FxHashMap;
 use crate::logging::Logging;
 use crate::mqtt::packet::{ConnectCode, Publish, WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use crate::mqtt::session::{Event, PublishToken, Session};
-use crate::mqtt::{Protocol, QoS};
 use crate::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
-use crate::protocol::MessageId;
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::state::{Journal, RunState, SavedReply};
 use crate::systemd::Notifier;
+use crate::vocabulary::MessageId;
+use crate::vocabulary::{Protocol, QoS};
+use rustc_hash::FxHashMap;
 
 /// How long the offline record may take to be acknowledged when nothing else bounds it
 /// (`drain_timeout_secs = 0`): on a live link that is well under a millisecond.
@@ -105,7 +105,7 @@ impl ResponderApp {
             .iter()
             .map(|r| (MessageId(r.message_id), r.command.clone()))
             .collect();
-        let qos = QoS::try_from(state.qos).unwrap_or(QoS::ExactlyOnce);
+        let qos = state.qos;
         if let Some(uuid) = &state.uuid {
             if let Err(why) = self
                 .responder
@@ -150,7 +150,7 @@ impl ResponderApp {
         let mut state = journal.state(session.snapshot());
         state.uuid = uuid.map(str::to_owned);
         state.draining = draining;
-        state.qos = self.responder.effective_qos().as_u8();
+        state.qos = self.responder.effective_qos();
         state.replies = self
             .replies
             .iter()
@@ -756,7 +756,7 @@ fn online_stale(said: Option<(bool, Option<QoS>)>, uuid_known: bool, qos: Option
 
 /// A responder for `config` at the start of a run.
 fn fresh_responder(config: &Config) -> Responder {
-    let mut responder = Responder::new(&config.session, &config.replies);
+    let mut responder = Responder::new(&config.session.responder_settings(), &config.replies);
     responder.set_login_backoff_cap(config.reconnect.max_delay);
     responder
 }

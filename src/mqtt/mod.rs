@@ -9,5 +9,3 @@
 pub(crate) mod broker_side;
 pub mod packet;
 pub mod session;
-
-pub use packet::{Protocol, QoS};

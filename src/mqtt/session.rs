@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::packet::{
-    BrokerCaps, CodecError, ConnAck, Connect, ConnectCode, Packet, Protocol, Publish, PublishHead,
-    QoS, Will,
+    BrokerCaps, CodecError, ConnAck, Connect, ConnectCode, Packet, Publish, PublishHead, Will,
 };
-use crate::config::Secret;
+use crate::vocabulary::{MessageId, Protocol, QoS, Secret};
 use rustc_hash::FxHashMap;
-use crate::protocol::MessageId;
 
 /// Session settings, fixed for a run.
 #[derive(Debug, Clone)]
@@ -486,7 +484,7 @@ impl Session {
         let saved = |token: PublishToken, p: &Publish| SavedPublish {
             token: token.0,
             pkid: p.pkid,
-            qos: p.qos.as_u8(),
+            qos: p.qos,
             topic: p.topic.clone(),
             payload: p.payload.to_vec(),
             correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
@@ -503,7 +501,7 @@ impl Session {
             .map(|(pkid, e)| SavedInbound {
                 pkid: *pkid,
                 message_id: e.id.0,
-                qos: e.qos.as_u8(),
+                qos: e.qos,
                 state: e.state,
             })
             .collect();
@@ -528,7 +526,7 @@ impl Session {
                 PublishToken(p.token),
                 Publish {
                     dup: false,
-                    qos: QoS::try_from(p.qos).unwrap_or(QoS::ExactlyOnce),
+                    qos: p.qos,
                     retain: false,
                     pkid: p.pkid,
                     topic: p.topic,
@@ -552,7 +550,7 @@ impl Session {
         session.pending = state.pending.into_iter().map(publish).collect();
         for e in state.inbound {
             let id = MessageId(e.message_id);
-            let qos = QoS::try_from(e.qos).unwrap_or(QoS::ExactlyOnce);
+            let qos = e.qos;
             // The guard for a redelivery crossing a resume PUBACK is over with its
             // connection.
             if e.state == InState::AckedOnResume {
@@ -1031,7 +1029,7 @@ impl SessionState {
 struct SavedPublish {
     token: u64,
     pkid: u16,
-    qos: u8,
+    qos: QoS,
     topic: String,
     payload: Vec<u8>,
     correlation_data: Option<Vec<u8>>,
@@ -1041,7 +1039,7 @@ struct SavedPublish {
 struct SavedInbound {
     pkid: u16,
     message_id: u64,
-    qos: u8,
+    qos: QoS,
     state: InState,
 }
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::Shown;
-use crate::config::{ReplyTable, Session};
-use crate::mqtt::QoS;
+use super::responder::ResponderSettings;
+use super::{ReplyTable, Shown};
 use crate::topic::{Template, TopicError, Var, Vars, validate_level};
+use crate::vocabulary::QoS;
 
 /// What the examiner is told to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,9 +97,9 @@ impl Default for ExaminerSettings {
 }
 
 impl ExaminerSettings {
-    /// Settings that mirror a responder's configuration (topics, completion message, QoS,
-    /// reply table, user ID); the rest as in [`Default`].
-    pub fn from_session(session: &Session, replies: &ReplyTable) -> ExaminerSettings {
+    /// Settings that mirror a responder's (topics, completion message, QoS, reply table,
+    /// user ID); the rest as in [`Default`].
+    pub fn mirroring(session: &ResponderSettings, replies: &ReplyTable) -> ExaminerSettings {
         ExaminerSettings {
             login_topic: session.login_topic.clone(),
             uuid_topic: session.uuid_topic.clone(),
@@ -1250,10 +1250,10 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UnknownCommand;
-    use crate::protocol::MessageId;
+    use crate::protocol::UnknownCommand;
     use crate::protocol::responder::{self, OutgoingKind, Responder};
     use crate::protocol::testing::session;
+    use crate::vocabulary::MessageId;
 
     const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
 
@@ -1263,7 +1263,7 @@ mod tests {
             commands: 7,
             delay: Duration::from_millis(100),
             window: 3,
-            ..ExaminerSettings::from_session(&session(), &ReplyTable::seed())
+            ..ExaminerSettings::mirroring(&session(), &ReplyTable::seed())
         }
     }
 
@@ -1369,7 +1369,7 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let d = ExaminerSettings::default();
-        let s = ExaminerSettings::from_session(&session(), &ReplyTable::seed());
+        let s = ExaminerSettings::mirroring(&session(), &ReplyTable::seed());
         assert_eq!(ExaminerSettings { user_id: None, ..s }, d);
         assert_eq!(d.delay, Duration::from_secs(3));
         assert_eq!(d.window, 20);
@@ -1943,7 +1943,7 @@ mod tests {
 
     impl Pair {
         fn new(
-            session: &crate::config::Session,
+            session: &ResponderSettings,
             replies: &ReplyTable,
             settings: ExaminerSettings,
         ) -> Pair {

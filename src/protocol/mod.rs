@@ -6,12 +6,10 @@
 //! `now`; what to do comes out of `poll_action`, and the next deadline out of `poll_timeout`.
 
 pub mod examiner;
+mod replies;
 pub mod responder;
 
-/// Opaque handle of an inbound message, assigned by the MQTT session and echoed back by the
-/// protocol in its actions so the session can acknowledge the right message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub u64);
+pub use replies::{ReplyTable, UnknownCommand};
 
 /// Peer-controlled text in log lines is cut to this many characters.
 const SHOWN_CHARS: usize = 64;
@@ -38,15 +36,16 @@ impl std::fmt::Display for Shown<'_> {
 pub(crate) mod testing {
     use std::time::Duration;
 
-    use crate::config::{Session, UnknownCommand};
-    use crate::mqtt::QoS;
+    use super::UnknownCommand;
+    use super::responder::ResponderSettings;
     use crate::topic::{Template, Var};
+    use crate::vocabulary::QoS;
 
-    /// `[session]` with SPEC §3's defaults.
-    pub(crate) fn session() -> Session {
+    /// The responder's settings with SPEC §3's defaults.
+    pub(crate) fn session() -> ResponderSettings {
         let all = [Var::UserId, Var::Uuid, Var::Command];
         let template = |s: &str, allowed: &[Var]| Template::parse(s, allowed).expect("template");
-        Session {
+        ResponderSettings {
             user_id: "2547841".to_owned(),
             login_topic: template("login", &all[..1]),
             uuid_topic: template("{user_id}/UUID", &all[..1]),
@@ -58,9 +57,6 @@ pub(crate) mod testing {
             drain_timeout: Duration::from_secs(5),
             max_payload_bytes: 65536,
             unknown_command: UnknownCommand::Ignore,
-            status_topic: Some(template("{user_id}/status", &all[..1])),
-            status_interval: Duration::from_secs(60),
-            state_dir: None,
         }
     }
 }

@@ -8,11 +8,41 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::{MessageId, Shown};
-use crate::config::{ReplyTable, Session, UnknownCommand};
 use rustc_hash::FxHashMap;
-use crate::mqtt::QoS;
+
+use super::{ReplyTable, Shown, UnknownCommand};
 use crate::topic::{Template, TopicError, Vars, validate_level, validate_topic};
+use crate::vocabulary::{MessageId, QoS};
+
+/// What the responder is told to do; the configuration builds it from `[session]`. Every
+/// template renders to a valid topic and `user_id` is a valid topic level (the
+/// configuration checked both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponderSettings {
+    /// The user ID the daemon logs in with.
+    pub user_id: String,
+    /// Where the login is published (`{user_id}` allowed).
+    pub login_topic: Template,
+    /// Where the UUID arrives (`{user_id}` allowed).
+    pub uuid_topic: Template,
+    /// Where commands arrive (`{user_id}`, `{uuid}` allowed).
+    pub command_topic: Template,
+    /// Where replies go (`{user_id}`, `{uuid}`, `{command}` allowed).
+    pub reply_topic: Template,
+    /// The payload that ends the run.
+    pub completion_message: String,
+    /// Requested QoS for subscriptions and replies.
+    pub qos: QoS,
+    /// No UUID within this long after the login → log in again.
+    pub login_timeout: Duration,
+    /// Bound on waiting for in-flight acknowledgements before DISCONNECT (after the
+    /// completion message or SIGTERM).
+    pub drain_timeout: Duration,
+    /// Larger command payloads are dropped.
+    pub max_payload_bytes: usize,
+    /// What to do with a command that is not in the reply table.
+    pub unknown_command: UnknownCommand,
+}
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +279,7 @@ impl Responder {
     /// `session` comes from the validated configuration: `user_id` is a valid topic level and
     /// every template renders to a valid topic, so the topics that do not depend on the peer
     /// are rendered here without further checks.
-    pub fn new(session: &Session, replies: &ReplyTable) -> Responder {
+    pub fn new(session: &ResponderSettings, replies: &ReplyTable) -> Responder {
         let vars = Vars {
             user_id: &session.user_id,
             ..Vars::default()
@@ -1153,7 +1183,7 @@ mod tests {
     }
 
     /// A responder that has logged in and is waiting for the UUID.
-    fn waiting(session: &Session, now: Instant) -> Responder {
+    fn waiting(session: &ResponderSettings, now: Instant) -> Responder {
         let mut r = Responder::new(session, &ReplyTable::seed());
         r.handle_connected(false, QoS::ExactlyOnce, now);
         r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), now);
@@ -1163,7 +1193,7 @@ mod tests {
     }
 
     /// A responder answering on [`UUID`].
-    fn answering(session: &Session, now: Instant) -> Responder {
+    fn answering(session: &ResponderSettings, now: Instant) -> Responder {
         let mut r = waiting(session, now);
         r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
         r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), now);
@@ -1296,7 +1326,7 @@ mod tests {
     fn response_topics_are_answered_with_correlation_data_echoed() {
         let t = Instant::now();
         let mut s = session();
-        s.unknown_command = crate::config::UnknownCommand::Reply("UNKNOWN".to_owned());
+        s.unknown_command = UnknownCommand::Reply("UNKNOWN".to_owned());
         let mut r = answering(&s, t);
         let request = |topic: &str| ResponseTo {
             topic: Some(topic.to_owned()),

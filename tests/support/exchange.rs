@@ -63,7 +63,7 @@ impl Outcome {
 }
 
 /// Runs the daemon with `config_toml`; `settings` turns the loaded configuration into the
-/// examiner's settings (mirror it with `ExaminerSettings::from_session`, then adjust);
+/// examiner's settings (mirror it with `Config::examiner_settings`, then adjust);
 /// `examiner_id` is the examiner's client id; `noise` goes out ahead of the first command.
 pub fn run(
     config_toml: &str,
