@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::vocabulary::QoS;
+use crate::vocabulary::{Protocol, QoS};
 
 /// Headless MQTT command-responder daemon.
 #[derive(Debug, Parser)]
@@ -41,6 +41,15 @@ pub enum ProtocolArg {
     /// MQTT 5.
     #[value(name = "5")]
     V5,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(arg: ProtocolArg) -> Protocol {
+        match arg {
+            ProtocolArg::V311 => Protocol::V311,
+            ProtocolArg::V5 => Protocol::V5,
+        }
+    }
 }
 
 /// `demo` options.

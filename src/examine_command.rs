@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::cli::{ExamineArgs, ProtocolArg};
+use crate::cli::ExamineArgs;
 use crate::config::{self, Broker, ClientAuth, ReplyTable, Tls};
 use crate::console::{self, Progress};
 use crate::examine::{self, Examination, PeerConnection};
@@ -62,10 +62,7 @@ pub fn run(args: &ExamineArgs) -> u8 {
 
 /// Flags → endpoint and examination; a usage problem is an `Err` with a message.
 fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
-    let protocol = match args.protocol {
-        ProtocolArg::V311 => Protocol::V311,
-        ProtocolArg::V5 => Protocol::V5,
-    };
+    let protocol = args.protocol.into();
     let qos = args.qos;
     let password = match (&args.password, &args.password_file) {
         (Some(p), _) => Some(Secret::new(p.clone())),

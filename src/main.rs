@@ -3,14 +3,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-
-use clap::Parser;
 use std::time::{Duration, Instant};
 
-use mqtt_responder::cli::{Cli, Command, DemoArgs, ProtocolArg};
+use anyhow::Context;
+use clap::Parser;
+
+use mqtt_responder::cli::{Cli, Command, DemoArgs};
 use mqtt_responder::config::{self, Config};
 use mqtt_responder::transport::Endpoint;
-use mqtt_responder::vocabulary::Protocol;
 use mqtt_responder::{daemon, demo, examine_command, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -61,10 +61,7 @@ fn demo_options(args: &DemoArgs) -> demo::DemoOptions {
         commands: args.commands,
         qos: args.qos,
         delay: Duration::from_millis(args.delay_ms),
-        protocol: match args.protocol {
-            ProtocolArg::V311 => Protocol::V311,
-            ProtocolArg::V5 => Protocol::V5,
-        },
+        protocol: args.protocol.into(),
     }
 }
 
@@ -76,30 +73,36 @@ fn run(config: &Config, logging: logging::Logging) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match serve(config, &endpoint, logging) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            tracing::error!("{e:#}; exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the async runtime and the signal handlers, then runs the daemon to its outcome;
+/// an error is a failure to start (exit 1).
+fn serve(
+    config: &Config,
+    endpoint: &Endpoint,
+    logging: logging::Logging,
+) -> anyhow::Result<daemon::Outcome> {
     // One thread is plenty for one connection and keeps the footprint small on a Pi.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}; exiting");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(async {
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let ops = Arc::new(daemon::Ops {
             reload: Default::default(),
             logging: Some(logging),
         });
-        if let Err(e) = watch_signals(shutdown.clone(), ops.clone()) {
-            tracing::error!("cannot install signal handlers: {e}; exiting");
-            return daemon::Outcome::Failed;
-        }
-        daemon::run(config, &endpoint, &shutdown, &ops).await
-    });
-    ExitCode::from(outcome.exit_code())
+        watch_signals(shutdown.clone(), ops.clone()).context("cannot install signal handlers")?;
+        Ok(daemon::run(config, endpoint, &shutdown, &ops).await)
+    })
 }
 
 /// SIGTERM and SIGINT cancel `shutdown`; the daemon then drains and disconnects. SIGHUP
