@@ -7,6 +7,7 @@
 
 pub mod examiner;
 mod replies;
+mod report;
 pub mod responder;
 
 pub use replies::{ReplyTable, UnknownCommand};
