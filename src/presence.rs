@@ -122,7 +122,7 @@ impl Presence {
     /// Presence for `session`, or `None` when `status_topic = ""`.
     pub fn new(session: &Session) -> Option<Presence> {
         let vars = Vars {
-            user_id: &session.user_id,
+            user_id: &session.responder.user_id,
             ..Vars::default()
         };
         let topic = session.status_topic.as_ref()?.render(&vars);

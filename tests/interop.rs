@@ -98,10 +98,8 @@ impl Run {
             |cfg| {
                 // The examiner sends the seed table only; extra entries come as noise, if
                 // at all.
-                let mut settings = ExaminerSettings::mirroring(
-                    &cfg.session.responder_settings(),
-                    &ReplyTable::seed(),
-                );
+                let mut settings =
+                    ExaminerSettings::mirroring(&cfg.session.responder, &ReplyTable::seed());
                 settings.commands = COMMANDS;
                 settings.delay = Duration::from_millis(100);
                 settings.window = window;

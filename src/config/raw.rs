@@ -269,17 +269,17 @@ mod tests {
         assert_eq!(b.max_inflight, 20);
         assert_eq!(b.tls, None);
         let s = &c.session;
-        assert_eq!(s.user_id, "2547841");
-        assert_eq!(s.login_topic.as_str(), "login");
-        assert_eq!(s.uuid_topic.as_str(), "{user_id}/UUID");
-        assert_eq!(s.command_topic.as_str(), "{uuid}");
-        assert_eq!(s.reply_topic.as_str(), "{uuid}/{command}");
-        assert_eq!(s.completion_message, "Well done my IoT!");
-        assert_eq!(s.qos, QoS::ExactlyOnce);
-        assert_eq!(s.login_timeout, Duration::from_secs(30));
-        assert_eq!(s.drain_timeout, Duration::from_secs(5));
-        assert_eq!(s.max_payload_bytes, 65536);
-        assert_eq!(s.unknown_command, UnknownCommand::Ignore);
+        assert_eq!(s.responder.user_id, "2547841");
+        assert_eq!(s.responder.login_topic.as_str(), "login");
+        assert_eq!(s.responder.uuid_topic.as_str(), "{user_id}/UUID");
+        assert_eq!(s.responder.command_topic.as_str(), "{uuid}");
+        assert_eq!(s.responder.reply_topic.as_str(), "{uuid}/{command}");
+        assert_eq!(s.responder.completion_message, "Well done my IoT!");
+        assert_eq!(s.responder.qos, QoS::ExactlyOnce);
+        assert_eq!(s.responder.login_timeout, Duration::from_secs(30));
+        assert_eq!(s.responder.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.responder.max_payload_bytes, 65536);
+        assert_eq!(s.responder.unknown_command, UnknownCommand::Ignore);
         assert_eq!(
             s.status_topic.as_ref().map(Template::as_str),
             Some("{user_id}/status")

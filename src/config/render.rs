@@ -49,7 +49,7 @@ impl Config {
             broker.insert("tls".into(), t.into());
         }
 
-        let s = &self.session;
+        let s = &self.session.responder;
         let mut session = toml::Table::new();
         session.insert("user_id".into(), s.user_id.clone().into());
         for (key, template) in [
@@ -82,13 +82,23 @@ impl Config {
                 session.insert("unknown_reply".into(), reply.clone().into());
             }
         }
-        let status = s.status_topic.as_ref().map(Template::as_str).unwrap_or("");
+        let status = self
+            .session
+            .status_topic
+            .as_ref()
+            .map(Template::as_str)
+            .unwrap_or("");
         session.insert("status_topic".into(), status.into());
         session.insert(
             "status_interval_secs".into(),
-            secs(s.status_interval).into(),
+            secs(self.session.status_interval).into(),
         );
-        let state_dir = s.state_dir.as_deref().map(path_string).unwrap_or_default();
+        let state_dir = self
+            .session
+            .state_dir
+            .as_deref()
+            .map(path_string)
+            .unwrap_or_default();
         session.insert("state_dir".into(), state_dir.into());
 
         let mut replies = toml::Table::new();

@@ -11,7 +11,7 @@ use crate::protocol::examiner::ExaminerSettings;
 use crate::protocol::responder::ResponderSettings;
 pub use crate::protocol::{ReplyTable, UnknownCommand};
 use crate::topic::Template;
-use crate::vocabulary::{Protocol, QoS, Secret};
+use crate::vocabulary::{Protocol, Secret};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -76,28 +76,9 @@ pub struct ClientAuth {
 /// `[session]`, validated.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The user ID the daemon logs in with (a valid single topic level).
-    pub user_id: String,
-    /// Where the login is published (`{user_id}` allowed).
-    pub login_topic: Template,
-    /// Where the UUID arrives (`{user_id}` allowed).
-    pub uuid_topic: Template,
-    /// Where commands arrive (`{user_id}`, `{uuid}` allowed).
-    pub command_topic: Template,
-    /// Where replies go (`{user_id}`, `{uuid}`, `{command}` allowed).
-    pub reply_topic: Template,
-    /// The payload that ends the run.
-    pub completion_message: String,
-    /// Requested QoS for subscriptions and replies.
-    pub qos: QoS,
-    /// No UUID within this long after the login → log in again.
-    pub login_timeout: Duration,
-    /// Bound on waiting for in-flight acknowledgements before DISCONNECT.
-    pub drain_timeout: Duration,
-    /// Payloads longer than this are dropped (exactly this long is accepted).
-    pub max_payload_bytes: usize,
-    /// What to do with a command that is not in the reply table.
-    pub unknown_command: UnknownCommand,
+    /// What the responder needs: the user ID, the topics, the completion message, the QoS,
+    /// the login and drain timeouts, the payload limit, what to do with unknown commands.
+    pub responder: ResponderSettings,
     /// Retained presence topic (`{user_id}` allowed); `None` when `""`.
     pub status_topic: Option<Template>,
     /// Presence refresh interval.
@@ -106,30 +87,11 @@ pub struct Session {
     pub state_dir: Option<PathBuf>,
 }
 
-impl Session {
-    /// What the responder needs of `[session]`.
-    pub fn responder_settings(&self) -> ResponderSettings {
-        ResponderSettings {
-            user_id: self.user_id.clone(),
-            login_topic: self.login_topic.clone(),
-            uuid_topic: self.uuid_topic.clone(),
-            command_topic: self.command_topic.clone(),
-            reply_topic: self.reply_topic.clone(),
-            completion_message: self.completion_message.clone(),
-            qos: self.qos,
-            login_timeout: self.login_timeout,
-            drain_timeout: self.drain_timeout,
-            max_payload_bytes: self.max_payload_bytes,
-            unknown_command: self.unknown_command.clone(),
-        }
-    }
-}
-
 impl Config {
     /// Settings for an examiner that mirrors this responder (topics, completion message,
     /// QoS, reply table, user ID); the rest as the examiner's defaults.
     pub fn examiner_settings(&self) -> ExaminerSettings {
-        ExaminerSettings::mirroring(&self.session.responder_settings(), &self.replies)
+        ExaminerSettings::mirroring(&self.session.responder, &self.replies)
     }
 }
 

@@ -183,7 +183,7 @@ mod tests {
             ("PATH", "/usr/bin"),
         ]);
         let (config, warnings) = load_with_env(&path, vars).unwrap();
-        assert_eq!(config.session.qos, QoS::AtLeastOnce);
+        assert_eq!(config.session.responder.qos, QoS::AtLeastOnce);
         assert_eq!(config.broker.host, "broker.example.org");
         assert_eq!(config.broker.client_id, "pi-7");
         assert_eq!(config.reconnect.max_attempts, Some(3));
@@ -196,11 +196,11 @@ mod tests {
     fn the_environment_wins_over_the_file() {
         let content = format!("{USER}session.qos = 0\nbroker.port = 1000\n");
         let config = load_env(&content, &[("MQTT_RESPONDER__SESSION__QOS", "2")]).unwrap();
-        assert_eq!(config.session.qos, QoS::ExactlyOnce);
+        assert_eq!(config.session.responder.qos, QoS::ExactlyOnce);
         assert_eq!(config.broker.port, 1000);
         // user_id from the environment alone is enough.
         let config = load_env("", &[("MQTT_RESPONDER__SESSION__USER_ID", "42")]).unwrap();
-        assert_eq!(config.session.user_id, "42");
+        assert_eq!(config.session.responder.user_id, "42");
         assert_eq!(config.broker.client_id, "mqtt-responder-42");
     }
 

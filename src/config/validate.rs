@@ -14,6 +14,7 @@ use super::raw::{RawBroker, RawConfig, RawSession, RawTls};
 use super::schema::{
     Broker, ClientAuth, Config, Log, LogFormat, Reconnect, ReplyTable, Session, Tls, UnknownCommand,
 };
+use crate::protocol::responder::ResponderSettings;
 use crate::topic::{Template, Var, Vars, validate_level, validate_topic};
 use crate::vocabulary::Secret;
 use crate::vocabulary::{Protocol, QoS};
@@ -209,30 +210,31 @@ pub(super) fn validate(
 
     let (broker, password_file) = broker(check, b, &user_id)?;
     let session = session(check, s, user_id, state_directory)?;
+    let responder = &session.responder;
 
-    if replies.reply(&session.completion_message).is_some() {
+    if replies.reply(&responder.completion_message).is_some() {
         return Err(check.problem(
             "replies",
             format_args!(
                 "the command {} is also session.completion_message; a message cannot both \
                  be answered and end the run",
-                quoted(&session.completion_message)
+                quoted(&responder.completion_message)
             ),
         ));
     }
     // A reply published where commands arrive would come back as a command: with
     // `unknown_command = "reply"` the daemon would feed itself forever.
     let vars = |command| Vars {
-        user_id: &session.user_id,
+        user_id: &responder.user_id,
         uuid: SAMPLE_UUID,
         command,
     };
-    let command_topic = session.command_topic.render(&vars(""));
+    let command_topic = responder.command_topic.render(&vars(""));
     for (command, _) in &replies.0 {
-        if session.reply_topic.render(&vars(command)) == command_topic {
+        if responder.reply_topic.render(&vars(command)) == command_topic {
             return Err(check.rejected(
                 "session.reply_topic",
-                quoted(session.reply_topic.as_str()),
+                quoted(responder.reply_topic.as_str()),
                 format_args!(
                     "for command {} it is the same topic as session.command_topic, so the \
                      daemon would receive its own replies as commands",
@@ -544,7 +546,7 @@ fn session(
         Some(PathBuf::from(s.state_dir))
     };
 
-    Ok(Session {
+    let responder = ResponderSettings {
         login_topic,
         uuid_topic,
         command_topic,
@@ -555,10 +557,13 @@ fn session(
         drain_timeout: check.secs("session.drain_timeout_secs", s.drain_timeout_secs, 0)?,
         max_payload_bytes,
         unknown_command,
+        user_id,
+    };
+    Ok(Session {
+        responder,
         status_topic,
         status_interval: check.secs("session.status_interval_secs", s.status_interval_secs, 1)?,
         state_dir,
-        user_id,
     })
 }
 
@@ -943,7 +948,7 @@ mod tests {
         ));
         assert_eq!(c.session.status_topic, None);
         assert_eq!(
-            c.session.unknown_command,
+            c.session.responder.unknown_command,
             UnknownCommand::Reply("UNKNOWN".into())
         );
         assert_eq!(c.reconnect.max_attempts, Some(5));

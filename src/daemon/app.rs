@@ -78,7 +78,7 @@ impl ResponderApp {
     pub(super) fn new(config: &Config, logging: Option<Logging>, now: Instant) -> ResponderApp {
         ResponderApp {
             responder: fresh_responder(config),
-            drain_timeout: config.session.drain_timeout,
+            drain_timeout: config.session.responder.drain_timeout,
             subscriptions: HashMap::new(),
             replies: FxHashMap::default(),
             farewell_deadline: None,
@@ -756,7 +756,7 @@ fn online_stale(said: Option<(bool, Option<QoS>)>, uuid_known: bool, qos: Option
 
 /// A responder for `config` at the start of a run.
 fn fresh_responder(config: &Config) -> Responder {
-    let mut responder = Responder::new(&config.session.responder_settings(), &config.replies);
+    let mut responder = Responder::new(&config.session.responder, &config.replies);
     responder.set_login_backoff_cap(config.reconnect.max_delay);
     responder
 }

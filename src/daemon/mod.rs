@@ -173,7 +173,7 @@ fn session_config(config: &Config, presence: Option<&Presence>) -> SessionConfig
         password: broker.password.clone(),
         keep_alive: broker.keep_alive,
         max_inflight: broker.max_inflight,
-        max_incoming_packet: config.session.max_payload_bytes + PACKET_OVERHEAD,
+        max_incoming_packet: config.session.responder.max_payload_bytes + PACKET_OVERHEAD,
         session_expiry: SESSION_EXPIRY_SECS,
         will: presence.map(Presence::will),
         manual_acks: true,
