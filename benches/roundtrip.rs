@@ -53,7 +53,7 @@
 //! apart are what to read.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -712,7 +712,6 @@ async fn self_talk(
     let mut app = SelfTalk {
         examiner: Examiner::new(exam.settings.clone(), now).map_err(|e| anyhow!("{e}"))?,
         answerer: Answerer::new(user_id, exam.settings.qos),
-        subscriptions: HashMap::new(),
         answerer_started: false,
         completion_sent: false,
         examiner_done: false,
@@ -905,8 +904,6 @@ struct Answerer {
     /// Command, reply topic, reply payload.
     table: Vec<(Bytes, String, Bytes)>,
     command_topic: Option<String>,
-    uuid_sub: Option<u16>,
-    command_sub: Option<u16>,
     /// When the broker acknowledged the subscription to the command topic.
     answering_at: Option<Instant>,
     /// The completion message arrived.
@@ -925,8 +922,6 @@ impl Answerer {
             replies: defaults.replies,
             table: Vec::new(),
             command_topic: None,
-            uuid_sub: None,
-            command_sub: None,
             answering_at: None,
             completed: false,
         }
@@ -934,19 +929,24 @@ impl Answerer {
 
     /// Subscribes to the UUID topic; the login follows its SUBACK.
     fn start(&mut self, session: &mut Session, now: Instant) {
-        self.uuid_sub = session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
+        session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
     }
 
     /// Handles `event` if it is the answerer's (the SUBACKs of its subscriptions, messages
     /// on its UUID and command topics); returns whether it was.
     fn handle_event(&mut self, event: &Event, session: &mut Session, now: Instant) -> bool {
         match event {
-            Event::SubAck { pkid, .. } if Some(*pkid) == self.uuid_sub => {
+            Event::SubAck { filters, .. } if names(filters, &self.uuid_topic) => {
                 let login = Bytes::from(self.user_id.clone());
                 self.publish(session, self.login_topic.clone(), login, now);
                 true
             }
-            Event::SubAck { pkid, .. } if Some(*pkid) == self.command_sub => {
+            Event::SubAck { filters, .. }
+                if self
+                    .command_topic
+                    .as_ref()
+                    .is_some_and(|topic| names(filters, topic)) =>
+            {
                 self.answering_at = Some(now);
                 true
             }
@@ -976,7 +976,7 @@ impl Answerer {
                             )
                         })
                         .collect();
-                    self.command_sub = session.subscribe(vec![(uuid.clone(), self.qos)], now);
+                    session.subscribe(vec![(uuid.clone(), self.qos)], now);
                     self.command_topic = Some(uuid);
                 }
                 true
@@ -990,6 +990,11 @@ impl Answerer {
     }
 }
 
+/// Whether a SUBACK's `filters` include `topic`.
+fn names(filters: &[(String, Option<QoS>)], topic: &str) -> bool {
+    filters.iter().any(|(filter, _)| filter == topic)
+}
+
 /// The floor: the examiner's peer talking to itself through the broker. One session carries
 /// the [`Examiner`] and an [`Answerer`]: the examiner's subscriptions, publishes and notes
 /// are handled as `examine` handles them for one device; the answerer starts (and logs in)
@@ -998,8 +1003,6 @@ impl Answerer {
 struct SelfTalk<'a> {
     examiner: Examiner,
     answerer: Answerer,
-    /// SUBSCRIBE packet id → filter, for the examiner's subscriptions.
-    subscriptions: HashMap<u16, String>,
     answerer_started: bool,
     /// The examiner sent the completion message (the answerer must see it before we close).
     completion_sent: bool,
@@ -1016,9 +1019,7 @@ impl SelfTalk<'_> {
         while let Some(action) = self.examiner.poll_action() {
             match action {
                 Action::Subscribe { topic, qos } => {
-                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
-                        self.subscriptions.insert(pkid, topic);
-                    }
+                    session.subscribe(vec![(topic, qos)], now);
                 }
                 Action::Publish {
                     topic,
@@ -1064,9 +1065,8 @@ impl App for SelfTalk<'_> {
                 } => self
                     .examiner
                     .handle_connected(session_present, caps.max_qos, now),
-                Event::SubAck { pkid, granted } => {
-                    if let Some(topic) = self.subscriptions.remove(&pkid) {
-                        let granted = granted.first().copied().flatten();
+                Event::SubAck { filters, .. } => {
+                    for (topic, granted) in filters {
                         self.examiner.handle_subscribed(&topic, granted, now);
                         if topic == self.examiner.login_topic() && !self.answerer_started {
                             self.answerer_started = true;

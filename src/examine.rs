@@ -217,7 +217,6 @@ pub async fn examine(
         examiners: Vec::new(),
         noise_sent: Vec::new(),
         by_user: HashMap::new(),
-        subscriptions: HashMap::new(),
         broker_qos: QoS::ExactlyOnce,
         login_granted: None,
         login_subscribing: None,
@@ -260,7 +259,6 @@ pub async fn examine(
                 if up_for.is_some() {
                     offline_since = None;
                     reconnects += 1;
-                    app.subscriptions.clear();
                     app.login_subscribing = None;
                     for examiner in &mut app.examiners {
                         examiner.handle_disconnected(Instant::now());
@@ -320,8 +318,6 @@ struct Fleet<'a> {
     /// Per device: its noise went out.
     noise_sent: Vec<bool>,
     by_user: HashMap<String, usize>,
-    /// SUBSCRIBE packet id → (filter, owning examiner; `None`: the shared login filter).
-    subscriptions: HashMap<u16, (String, Option<usize>)>,
     broker_qos: QoS,
     /// QoS granted on the shared login subscription, passed on to every examiner: a 3.1.1
     /// broker announces its maximum QoS only this way.
@@ -338,16 +334,14 @@ struct Fleet<'a> {
 }
 
 impl Fleet<'_> {
-    fn subscribe(&mut self, session: &mut Session, filter: String, owner: Option<usize>) {
+    fn subscribe(&mut self, session: &mut Session, filter: String) {
         let now = Instant::now();
-        if owner.is_none() {
+        if filter == self.login_topic {
             let attempts = self.login_subscribing.map_or(0, |(_, n)| n) + 1;
             self.login_subscribing = Some((now + CONNACK_TIMEOUT, attempts));
         }
         let qos = self.exam.settings.qos.min(self.broker_qos);
-        if let Some(pkid) = session.subscribe(vec![(filter.clone(), qos)], Instant::now()) {
-            self.subscriptions.insert(pkid, (filter, owner));
-        }
+        session.subscribe(vec![(filter, qos)], Instant::now());
     }
 
     fn login(&mut self, payload: &[u8], now: Instant) -> Option<usize> {
@@ -394,7 +388,7 @@ impl Fleet<'_> {
                 match action {
                     // The login filter is shared and already subscribed.
                     Action::Subscribe { topic, .. } if topic == self.login_topic => {}
-                    Action::Subscribe { topic, .. } => self.subscribe(session, topic, Some(index)),
+                    Action::Subscribe { topic, .. } => self.subscribe(session, topic),
                     Action::Publish {
                         topic,
                         payload,
@@ -445,7 +439,7 @@ impl Fleet<'_> {
             self.login_topic,
             attempts + 1
         );
-        self.subscribe(session, self.login_topic.clone(), None);
+        self.subscribe(session, self.login_topic.clone());
     }
 
     fn send_noise(&mut self, index: usize, session: &mut Session, now: Instant) {
@@ -498,28 +492,27 @@ impl App for Fleet<'_> {
                 caps,
             } => {
                 self.broker_qos = caps.max_qos;
-                self.subscribe(session, self.login_topic.clone(), None);
+                self.subscribe(session, self.login_topic.clone());
                 for examiner in &mut self.examiners {
                     examiner.handle_connected(session_present, caps.max_qos, now);
                 }
             }
-            Event::SubAck { pkid, granted } => {
-                if let Some((topic, owner)) = self.subscriptions.remove(&pkid) {
-                    let granted = granted.first().copied().flatten();
-                    match owner {
-                        Some(index) => {
-                            self.examiners[index].handle_subscribed(&topic, granted, now)
+            Event::SubAck { filters, .. } => {
+                for (topic, granted) in filters {
+                    if topic == self.login_topic {
+                        self.login_subscribing = None;
+                        self.login_granted = granted;
+                        for examiner in &mut self.examiners {
+                            examiner.handle_subscribed(&topic, granted, now);
                         }
-                        None => {
-                            self.login_subscribing = None;
-                            self.login_granted = granted;
-                            for examiner in &mut self.examiners {
-                                examiner.handle_subscribed(&topic, granted, now);
-                            }
-                            if let Some(ready) = self.ready.take() {
-                                let _ = ready.send(());
-                            }
+                        if let Some(ready) = self.ready.take() {
+                            let _ = ready.send(());
                         }
+                    } else if let Some(owner) =
+                        // Each device has filters of its own (rendered with its user ID and UUID).
+                        self.examiners.iter_mut().find(|e| e.subscribes_to(&topic))
+                    {
+                        owner.handle_subscribed(&topic, granted, now);
                     }
                 }
             }
