@@ -1,6 +1,7 @@
 //! The peer side of the protocol against a real broker: one or more [`Examiner`]s (one per
 //! device that logs in) on one MQTT [`Session`], pumped by the same driver as the daemon.
-//! Used by `examine`, `demo` and the tests.
+//! The one runner of the examiner's actions: used by `examine`, `demo`, the tests and the
+//! round-trip benchmark (whose floor adds a [`Companion`] on the same connection).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -198,6 +199,44 @@ pub async fn examine(
     observe: &mut dyn FnMut(usize, &Note),
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<Outcome, ExamineError> {
+    run_examination(endpoint, exam, observe, ready, None).await
+}
+
+/// A part played beside the examiners on their own connection: the round-trip benchmark's
+/// floor answers its own commands this way. It sees each session event before the
+/// examiners do.
+pub trait Companion {
+    /// The examiner listens for logins (its login subscription was acknowledged the first
+    /// time): the moment a responder would be started.
+    fn start(&mut self, session: &mut Session, now: Instant);
+    /// Takes `event` if it is the companion's (the examiners then never see it); returns
+    /// whether it was.
+    fn handle_event(&mut self, event: &Event, session: &mut Session, now: Instant) -> bool;
+    /// Asked once every device is done: whether the companion is through with what the
+    /// examiners sent, `completion_sent` saying whether that included the completion
+    /// message. The connection closes once it is and nothing is in flight.
+    fn is_done(&self, completion_sent: bool) -> bool;
+}
+
+/// [`examine`] with `companion` on the examiner's connection, started when `ready` would
+/// fire. A timed-out examination then closes at once rather than once nothing is in flight:
+/// while the examiners still send, the companion's own publishes may never let that happen.
+pub async fn examine_with_companion(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &mut dyn FnMut(usize, &Note),
+    companion: &mut dyn Companion,
+) -> Result<Outcome, ExamineError> {
+    run_examination(endpoint, exam, observe, None, Some(companion)).await
+}
+
+async fn run_examination<'a>(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &'a mut dyn FnMut(usize, &Note),
+    ready: Option<oneshot::Sender<()>>,
+    companion: Option<&'a mut dyn Companion>,
+) -> Result<Outcome, ExamineError> {
     let now = Instant::now();
     // Check the settings up front (a device's examiner is only created at its login).
     Examiner::new(exam.settings.clone(), now).map_err(|e| ExamineError::Settings(e.to_string()))?;
@@ -222,7 +261,9 @@ pub async fn examine(
         login_subscribing: None,
         failure: None,
         ready,
+        listening: false,
         observe,
+        companion,
         timed_out: false,
         disconnect_sent: false,
     };
@@ -327,7 +368,10 @@ struct Fleet<'a> {
     /// Why the examination cannot go on (it disconnects and returns this).
     failure: Option<String>,
     ready: Option<oneshot::Sender<()>>,
+    /// The login subscription was acknowledged once: `ready` fired, the companion started.
+    listening: bool,
     observe: &'a mut dyn FnMut(usize, &Note),
+    companion: Option<&'a mut dyn Companion>,
     deadline: Instant,
     timed_out: bool,
     disconnect_sent: bool,
@@ -396,8 +440,11 @@ impl Fleet<'_> {
                         response_topic,
                         correlation_data,
                     } => {
-                        let message =
-                            action_publish(topic, payload, qos, response_topic, correlation_data);
+                        let message = Publish {
+                            response_topic,
+                            correlation_data,
+                            ..publish(topic, payload, qos)
+                        };
                         session.publish(message, now);
                     }
                     Action::Finished => {}
@@ -412,8 +459,14 @@ impl Fleet<'_> {
             progress.store(answered, Ordering::Relaxed);
         }
         let all_done = self.examiners.len() == self.exam.logins
-            && self.examiners.iter().all(|e| e.phase() == Phase::Finished);
-        if (all_done || self.timed_out) && !self.disconnect_sent && session.outstanding() == 0 {
+            && self.examiners.iter().all(|e| e.phase() == Phase::Finished)
+            && self.companion.as_ref().is_none_or(|c| {
+                c.is_done(self.examiners.iter().any(|e| e.report().completion_sent))
+            });
+        let settled = session.outstanding() == 0;
+        // With a companion a timed-out run closes at once (see `examine_with_companion`).
+        let timed_out = self.timed_out && (settled || self.companion.is_some());
+        if ((all_done && settled) || timed_out) && !self.disconnect_sent {
             session.disconnect(now);
             self.disconnect_sent = true;
         }
@@ -469,23 +522,14 @@ pub fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
     }
 }
 
-/// The session's publish for an examiner's `Action::Publish`.
-pub fn action_publish(
-    topic: String,
-    payload: Bytes,
-    qos: QoS,
-    response_topic: Option<String>,
-    correlation_data: Option<Bytes>,
-) -> Publish {
-    Publish {
-        response_topic,
-        correlation_data,
-        ..publish(topic, payload, qos)
-    }
-}
-
 impl App for Fleet<'_> {
     fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        if let Some(companion) = &mut self.companion
+            && companion.handle_event(&event, session, now)
+        {
+            self.run_actions(session, now);
+            return;
+        }
         match event {
             Event::Connected {
                 session_present,
@@ -505,8 +549,13 @@ impl App for Fleet<'_> {
                         for examiner in &mut self.examiners {
                             examiner.handle_subscribed(&topic, granted, now);
                         }
-                        if let Some(ready) = self.ready.take() {
-                            let _ = ready.send(());
+                        if !std::mem::replace(&mut self.listening, true) {
+                            if let Some(ready) = self.ready.take() {
+                                let _ = ready.send(());
+                            }
+                            if let Some(companion) = &mut self.companion {
+                                companion.start(session, now);
+                            }
                         }
                     } else if let Some(owner) =
                         // Each device has filters of its own (rendered with its user ID and UUID).
