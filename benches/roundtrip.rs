@@ -70,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 
 use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
-use mqtt_responder::examine::{self, Companion, Examination, PeerConnection};
+use mqtt_responder::examine::{self, Companion, Examination};
 use mqtt_responder::mqtt::session::{Event, Session};
 use mqtt_responder::mqtt::{Protocol, QoS};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
@@ -385,9 +385,9 @@ fn trivial_responder(args: &[String]) -> Result<()> {
         bail!("--trivial-responder PORT USER_ID QOS");
     };
     let qos = QoS::try_from(qos.parse::<u8>()?).map_err(|q| anyhow!("QoS {q}"))?;
-    let endpoint = endpoint(port.parse()?, user_id)?;
+    let broker = broker(port.parse()?, format!("{user_id}-trivial"));
     TrivialResponder::new(user_id, qos)
-        .run(&endpoint)
+        .run(&broker)
         .map_err(|e| anyhow!("{e}"))
 }
 
@@ -528,12 +528,7 @@ impl Bench {
             ..ExaminerSettings::default()
         };
         let exam = Examination {
-            connection: PeerConnection {
-                protocol: Protocol::V311,
-                client_id: format!("{user_id}-examiner"),
-                username: None,
-                password: None,
-            },
+            connection: broker(self.port, format!("{user_id}-examiner")),
             settings,
             logins: 1,
             noise: Vec::new(),
@@ -541,7 +536,7 @@ impl Bench {
             progress: None,
             gate: None,
         };
-        let endpoint = endpoint(self.port, &exam.connection.client_id)?;
+        let endpoint = endpoint(&exam.connection)?;
         let probe = Rc::new(RefCell::new(Probe::new(n)));
         let examined = match who {
             Who::Floor => {
@@ -1008,23 +1003,18 @@ impl TrivialResponder {
         }
     }
 
-    fn run(mut self, endpoint: &Endpoint) -> Result<(), String> {
+    fn run(mut self, broker: &Broker) -> Result<(), String> {
+        let endpoint = endpoint(broker).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        // The examiner's connection settings, as for the floor.
-        let connection = PeerConnection {
-            protocol: Protocol::V311,
-            client_id: format!("{}-trivial", self.answerer.user_id),
-            username: None,
-            password: None,
-        };
-        let mut session = Session::new(examine::peer_session_config(&connection), Instant::now());
+        // The examiner's session settings, as for the floor.
+        let mut session = Session::new(examine::peer_session_config(broker), Instant::now());
         let never = CancellationToken::new();
         runtime.block_on(async {
             let end = driver::open_and_run(
-                endpoint,
+                &endpoint,
                 &mut session,
                 &mut self,
                 Duration::from_secs(10),
@@ -1071,20 +1061,25 @@ impl App for TrivialResponder {
     }
 }
 
-fn endpoint(port: u16, client_id: &str) -> Result<Endpoint> {
-    let broker = Broker {
+/// The broker settings of the benchmark's own clients (the examiner, the trivial
+/// responder): the broker on loopback `port`, MQTT 3.1.1, no credentials.
+fn broker(port: u16, client_id: String) -> Broker {
+    Broker {
         host: "127.0.0.1".to_owned(),
         port,
         protocol: Protocol::V311,
-        client_id: client_id.to_owned(),
+        client_id,
         username: None,
         password: None,
         keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
         connect_timeout: Duration::from_secs(10),
         max_inflight: 20,
         tls: None,
-    };
-    Endpoint::new(&broker).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+fn endpoint(broker: &Broker) -> Result<Endpoint> {
+    Endpoint::new(broker).map_err(|e| anyhow!("{e}"))
 }
 
 /// The release binary to drive: `--binary PATH`, else `cargo build --release` (a no-op when

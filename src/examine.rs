@@ -12,13 +12,15 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Broker;
 use crate::driver::{self, App, End};
+use crate::mqtt::QoS;
 use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
-use crate::mqtt::{Protocol, QoS};
 use crate::protocol::examiner::{
     Action, Examiner, ExaminerSettings, Note, Phase, Report, SUBSCRIBE_ATTEMPTS,
 };
+use crate::session_config;
 use crate::topic::Vars;
 use crate::transport::Endpoint;
 
@@ -34,19 +36,6 @@ pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without any connection for this long, the examination gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
-/// How the examiner connects.
-#[derive(Debug, Clone)]
-pub struct PeerConnection {
-    /// MQTT version.
-    pub protocol: Protocol,
-    /// Client identifier.
-    pub client_id: String,
-    /// User name.
-    pub username: Option<String>,
-    /// Password.
-    pub password: Option<crate::config::Secret>,
-}
-
 /// A message sent to the responder besides the commands (hostile payloads, stray topics),
 /// published when the commands start, ahead of the first one.
 #[derive(Debug, Clone)]
@@ -60,8 +49,9 @@ pub struct Noise {
 /// What to examine.
 #[derive(Debug, Clone)]
 pub struct Examination {
-    /// How to connect.
-    pub connection: PeerConnection,
+    /// The examiner's own broker settings: its protocol, client id, credentials and
+    /// in-flight cap (see [`peer_session_config`]); where it connects is the endpoint's.
+    pub connection: Broker,
     /// Settings for every device's examiner (`seed` is offset per device).
     pub settings: ExaminerSettings,
     /// How many devices to serve (each logs in with its own user ID).
@@ -151,7 +141,7 @@ pub enum ExamineError {
 /// bound it themselves).
 pub async fn run(
     endpoint: &Endpoint,
-    connection: PeerConnection,
+    connection: Broker,
     settings: ExaminerSettings,
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
@@ -167,7 +157,7 @@ pub async fn run(
 /// [`run`] with every option.
 pub async fn run_with(
     endpoint: &Endpoint,
-    connection: PeerConnection,
+    connection: Broker,
     settings: ExaminerSettings,
     options: RunOptions,
 ) -> Result<Report, ExamineError> {
@@ -330,23 +320,17 @@ async fn run_examination<'a>(
     })
 }
 
-/// The session settings of the examiner's connection: a keep-alive of 30 s, at most 20
-/// publishes in flight (mosquitto's default queue), acknowledgements on arrival, and a
-/// clean start. Public so that the round-trip benchmark's floor connects exactly as the
-/// examiner does.
-pub fn peer_session_config(connection: &PeerConnection) -> SessionConfig {
+/// The session settings of the examiner's connection: `broker`'s (see
+/// [`session_config::from_broker`]: acknowledgements on arrival, a clean start) with a
+/// keep-alive of 30 s whatever the broker settings say, packets of up to 1 MiB, and a
+/// broker-side session kept for 10 minutes. Public so that the round-trip benchmark's
+/// trivial responder connects exactly as the examiner does.
+pub fn peer_session_config(broker: &Broker) -> SessionConfig {
     SessionConfig {
-        protocol: connection.protocol,
-        client_id: connection.client_id.clone(),
-        username: connection.username.clone(),
-        password: connection.password.clone(),
         keep_alive: Duration::from_secs(30),
-        max_inflight: 20,
         max_incoming_packet: 1 << 20,
         session_expiry: 600,
-        will: None,
-        manual_acks: false,
-        clean_first: true,
+        ..session_config::from_broker(broker)
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`topic`] | topic and topic-level checks, `{placeholder}` templates |
 //! | [`protocol`] | the responder and the examiner: pure state machines |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
+//! | [`session_config`] | broker settings → session settings, for the daemon and the examiner |
 //! | [`backoff`] | capped exponential backoff with full jitter, pure |
 //! | [`presence`] | the retained online/offline record and the Last Will, pure |
 //! | [`state`] | the crash-resume state file |
@@ -37,6 +38,7 @@ pub mod logging;
 pub mod mqtt;
 pub mod presence;
 pub mod protocol;
+pub mod session_config;
 pub mod state;
 pub mod systemd;
 pub mod topic;

@@ -20,6 +20,7 @@ use crate::logging::Logging;
 use crate::mqtt::packet::ConnectCode;
 use crate::mqtt::session::{Session, SessionConfig};
 use crate::presence::Presence;
+use crate::session_config;
 use crate::state::{Journal, RESUME_WITHIN};
 use crate::transport::{Endpoint, OpenError};
 use app::ResponderApp;
@@ -165,19 +166,12 @@ pub async fn run(
 /// presence is on, acknowledgements only once a command is answered, and a clean first
 /// start (a resumed state file keeps its session instead).
 fn session_config(config: &Config, presence: Option<&Presence>) -> SessionConfig {
-    let broker = &config.broker;
     SessionConfig {
-        protocol: broker.protocol,
-        client_id: broker.client_id.clone(),
-        username: broker.username.clone(),
-        password: broker.password.clone(),
-        keep_alive: broker.keep_alive,
-        max_inflight: broker.max_inflight,
         max_incoming_packet: config.session.max_payload_bytes + PACKET_OVERHEAD,
         session_expiry: SESSION_EXPIRY_SECS,
         will: presence.map(Presence::will),
         manual_acks: true,
-        clean_first: true,
+        ..session_config::from_broker(&config.broker)
     }
 }
 
