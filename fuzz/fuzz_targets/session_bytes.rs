@@ -681,7 +681,8 @@ fn run(input: Input) {
                 s.handle_transport_up(now);
                 up = true;
                 rx.clear();
-                m.subscribing.clear();
+                // A new transport without handle_transport_down (a misuse the driver never
+                // commits) leaves SUBSCRIBEs in progress, as the session does.
             }
             Op::Disconnect => s.disconnect(now),
             Op::Restore => {
