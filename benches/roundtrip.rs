@@ -15,12 +15,12 @@
 //! * measures the daemon's peak RSS, CPU per 10,000 commands, idle wake-ups, time to READY
 //!   and the stripped binary size;
 //! * measures the issue's **floor** in the same run: the same peer talking to itself through
-//!   the broker. One connection, made with the examiner's own session settings
-//!   ([`examine::peer_session_config`]), carries the same [`Examiner`] that examines the
-//!   daemon and an [`Answerer`]: the peer publishes a command, receives it (it subscribes to
-//!   the command topic itself), publishes the reply from the table and receives that. It is
-//!   what a round trip costs with a responder that takes zero time, and every target ratio
-//!   is to it;
+//!   the broker. One connection, run by the very examiner runner that examines the daemon
+//!   ([`examine::examine_with_companion`]: the same session settings, examiner and
+//!   handling), carries an [`Answerer`] too: the peer publishes a command, receives it (it
+//!   subscribes to the command topic itself), publishes the reply from the table and
+//!   receives that. It is what a round trip costs with a responder that takes zero time,
+//!   and every target ratio is to it;
 //! * measures a second reference, clearly apart: the **trivial responder process** (this
 //!   binary with `--trivial-responder`), the same [`Answerer`] alone on its own connection
 //!   in the daemon's place. The daemon against it is the cost of the daemon's logic alone;
@@ -53,7 +53,7 @@
 //! apart are what to read.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -70,10 +70,10 @@ use tokio_util::sync::CancellationToken;
 
 use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
-use mqtt_responder::examine::{self, Examination, PeerConnection};
+use mqtt_responder::examine::{self, Companion, Examination};
 use mqtt_responder::mqtt::session::{Event, Session};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
-use mqtt_responder::protocol::examiner::{Action, Examiner, ExaminerSettings, Note};
+use mqtt_responder::protocol::examiner::{ExaminerSettings, Note};
 use mqtt_responder::transport::Endpoint;
 use mqtt_responder::vocabulary::{Protocol, QoS};
 
@@ -385,9 +385,9 @@ fn trivial_responder(args: &[String]) -> Result<()> {
         bail!("--trivial-responder PORT USER_ID QOS");
     };
     let qos = QoS::try_from(qos.parse::<u8>()?).map_err(|q| anyhow!("QoS {q}"))?;
-    let endpoint = endpoint(port.parse()?, user_id)?;
+    let broker = broker(port.parse()?, format!("{user_id}-trivial"));
     TrivialResponder::new(user_id, qos)
-        .run(&endpoint)
+        .run(&broker)
         .map_err(|e| anyhow!("{e}"))
 }
 
@@ -528,12 +528,7 @@ impl Bench {
             ..ExaminerSettings::default()
         };
         let exam = Examination {
-            connection: PeerConnection {
-                protocol: Protocol::V311,
-                client_id: format!("{user_id}-examiner"),
-                username: None,
-                password: None,
-            },
+            connection: broker(self.port, format!("{user_id}-examiner")),
             settings,
             logins: 1,
             noise: Vec::new(),
@@ -541,7 +536,7 @@ impl Bench {
             progress: None,
             gate: None,
         };
-        let endpoint = endpoint(self.port, &exam.connection.client_id)?;
+        let endpoint = endpoint(&exam.connection)?;
         let probe = Rc::new(RefCell::new(Probe::new(n)));
         let examined = match who {
             Who::Floor => {
@@ -699,54 +694,43 @@ async fn examine_process(
     })
 }
 
-/// The floor: examines `exam` on one connection whose peer answers its own commands (see
-/// [`SelfTalk`]), bounded by the examination's timeout and a grace period.
+/// The floor: the examiner's peer talking to itself through the broker. The library's
+/// examiner runner examines `exam` exactly as against the daemon, with an [`Answerer`]
+/// beside it on its connection: the answerer starts (and logs in) once the examiner listens
+/// for logins, as the daemon is started then, and the connection closes once both are done
+/// and nothing is in flight. Bounded by the examination's timeout and a grace period.
 async fn self_talk(
     endpoint: &Endpoint,
     exam: Examination,
     user_id: &str,
     observe: &mut dyn FnMut(&Note),
 ) -> Result<Examined> {
-    let now = Instant::now();
-    let mut session = Session::new(examine::peer_session_config(&exam.connection), now);
-    let mut app = SelfTalk {
-        examiner: Examiner::new(exam.settings.clone(), now).map_err(|e| anyhow!("{e}"))?,
-        answerer: Answerer::new(user_id, exam.settings.qos),
-        subscriptions: HashMap::new(),
-        answerer_started: false,
-        completion_sent: false,
-        examiner_done: false,
-        observe,
-        deadline: now + exam.timeout,
-        timed_out: false,
-        disconnect_sent: false,
-    };
-    let never = CancellationToken::new();
-    let run = driver::open_and_run(
-        endpoint,
-        &mut session,
-        &mut app,
-        examine::CONNACK_TIMEOUT,
-        &never,
-        None,
-    );
-    match tokio::time::timeout(exam.timeout + EXIT_TIMEOUT, run).await {
-        Ok(driver::End::Disconnected) => {}
-        Ok(end) => bail!("the floor's connection ended: {end:?}"),
-        Err(_) => bail!(
-            "the floor did not finish within {:?}",
-            exam.timeout + EXIT_TIMEOUT
+    let bound = exam.timeout + EXIT_TIMEOUT;
+    let mut answerer = Answerer::new(user_id, exam.settings.qos);
+    let mut observe = |_: usize, note: &Note| observe(note);
+    let run = examine::examine_with_companion(endpoint, exam, &mut observe, &mut answerer);
+    let outcome = match tokio::time::timeout(bound, run).await {
+        Ok(Ok(outcome)) if outcome.reconnects == 0 => outcome,
+        Ok(Ok(outcome)) => bail!(
+            "the floor's connection was lost ({} reconnects)",
+            outcome.reconnects
         ),
-    }
-    let report = app.examiner.report();
+        Ok(Err(e)) => bail!("the floor's connection ended: {e}"),
+        Err(_) => bail!("the floor did not finish within {bound:?}"),
+    };
+    let report = outcome
+        .reports
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("the floor's answerer never logged in"))?;
     let mut problems = report.problems();
-    if app.timed_out {
+    if outcome.timed_out {
         problems.push("the examination timed out".to_owned());
     }
     Ok(Examined {
-        passed: report.passed() && !app.timed_out,
+        passed: report.passed() && !outcome.timed_out,
         problems,
-        answering_at: app.answerer.answering_at,
+        answering_at: answerer.answering_at,
         started: None,
         log_tail: String::new(),
         idle: None,
@@ -894,7 +878,8 @@ async fn launch(
 /// subscribes to the UUID topic, logs in, subscribes to the command topic, answers each
 /// command from the table (topics rendered once) and notes the completion message. The
 /// session acknowledges commands on arrival. The floor's peer runs it beside its examiner
-/// ([`SelfTalk`]); the trivial responder process runs it alone ([`TrivialResponder`]).
+/// (as its [`examine::Companion`], see [`self_talk`]); the trivial responder process runs it
+/// alone ([`TrivialResponder`]).
 struct Answerer {
     user_id: String,
     login_topic: String,
@@ -905,8 +890,6 @@ struct Answerer {
     /// Command, reply topic, reply payload.
     table: Vec<(Bytes, String, Bytes)>,
     command_topic: Option<String>,
-    uuid_sub: Option<u16>,
-    command_sub: Option<u16>,
     /// When the broker acknowledged the subscription to the command topic.
     answering_at: Option<Instant>,
     /// The completion message arrived.
@@ -925,28 +908,37 @@ impl Answerer {
             replies: defaults.replies,
             table: Vec::new(),
             command_topic: None,
-            uuid_sub: None,
-            command_sub: None,
             answering_at: None,
             completed: false,
         }
     }
 
+    fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
+        session.publish(examine::publish(topic, payload, self.qos), now);
+    }
+}
+
+impl Companion for Answerer {
     /// Subscribes to the UUID topic; the login follows its SUBACK.
     fn start(&mut self, session: &mut Session, now: Instant) {
-        self.uuid_sub = session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
+        session.subscribe(vec![(self.uuid_topic.clone(), self.qos)], now);
     }
 
     /// Handles `event` if it is the answerer's (the SUBACKs of its subscriptions, messages
     /// on its UUID and command topics); returns whether it was.
     fn handle_event(&mut self, event: &Event, session: &mut Session, now: Instant) -> bool {
         match event {
-            Event::SubAck { pkid, .. } if Some(*pkid) == self.uuid_sub => {
+            Event::SubAck { filters, .. } if names(filters, &self.uuid_topic) => {
                 let login = Bytes::from(self.user_id.clone());
                 self.publish(session, self.login_topic.clone(), login, now);
                 true
             }
-            Event::SubAck { pkid, .. } if Some(*pkid) == self.command_sub => {
+            Event::SubAck { filters, .. }
+                if self
+                    .command_topic
+                    .as_ref()
+                    .is_some_and(|topic| names(filters, topic)) =>
+            {
                 self.answering_at = Some(now);
                 true
             }
@@ -976,7 +968,7 @@ impl Answerer {
                             )
                         })
                         .collect();
-                    self.command_sub = session.subscribe(vec![(uuid.clone(), self.qos)], now);
+                    session.subscribe(vec![(uuid.clone(), self.qos)], now);
                     self.command_topic = Some(uuid);
                 }
                 true
@@ -985,135 +977,15 @@ impl Answerer {
         }
     }
 
-    fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
-        session.publish(examine::publish(topic, payload, self.qos), now);
+    /// The completion message arrived, or the examiner never sent it.
+    fn is_done(&self, completion_sent: bool) -> bool {
+        self.completed || !completion_sent
     }
 }
 
-/// The floor: the examiner's peer talking to itself through the broker. One session carries
-/// the [`Examiner`] and an [`Answerer`]: the examiner's subscriptions, publishes and notes
-/// are handled as `examine` handles them for one device; the answerer starts (and logs in)
-/// once the examiner listens for logins, as the daemon is started then; the connection
-/// closes once both are done and nothing is in flight.
-struct SelfTalk<'a> {
-    examiner: Examiner,
-    answerer: Answerer,
-    /// SUBSCRIBE packet id → filter, for the examiner's subscriptions.
-    subscriptions: HashMap<u16, String>,
-    answerer_started: bool,
-    /// The examiner sent the completion message (the answerer must see it before we close).
-    completion_sent: bool,
-    examiner_done: bool,
-    observe: &'a mut dyn FnMut(&Note),
-    deadline: Instant,
-    timed_out: bool,
-    disconnect_sent: bool,
-}
-
-impl SelfTalk<'_> {
-    fn run_actions(&mut self, session: &mut Session, now: Instant) {
-        // Bounded: the examiner queues a handful of actions per event.
-        while let Some(action) = self.examiner.poll_action() {
-            match action {
-                Action::Subscribe { topic, qos } => {
-                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
-                        self.subscriptions.insert(pkid, topic);
-                    }
-                }
-                Action::Publish {
-                    topic,
-                    payload,
-                    qos,
-                    response_topic,
-                    correlation_data,
-                } => {
-                    let publish = examine::action_publish(
-                        topic,
-                        payload,
-                        qos,
-                        response_topic,
-                        correlation_data,
-                    );
-                    session.publish(publish, now);
-                }
-                Action::Finished => self.examiner_done = true,
-            }
-        }
-        while let Some(note) = self.examiner.poll_note() {
-            self.completion_sent |= note == Note::Completion;
-            (self.observe)(&note);
-        }
-        let done = self.examiner_done && (self.answerer.completed || !self.completion_sent);
-        // Timed out, the examiner still sends and our own replies keep publishes in flight:
-        // close at once (the run has failed anyway).
-        let close = (done && session.outstanding() == 0) || self.timed_out;
-        if close && !self.disconnect_sent {
-            session.disconnect(now);
-            self.disconnect_sent = true;
-        }
-    }
-}
-
-impl App for SelfTalk<'_> {
-    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
-        if !self.answerer.handle_event(&event, session, now) {
-            match event {
-                Event::Connected {
-                    session_present,
-                    caps,
-                } => self
-                    .examiner
-                    .handle_connected(session_present, caps.max_qos, now),
-                Event::SubAck { pkid, granted } => {
-                    if let Some(topic) = self.subscriptions.remove(&pkid) {
-                        let granted = granted.first().copied().flatten();
-                        self.examiner.handle_subscribed(&topic, granted, now);
-                        if topic == self.examiner.login_topic() && !self.answerer_started {
-                            self.answerer_started = true;
-                            self.answerer.start(session, now);
-                        }
-                    }
-                }
-                Event::Message(m) => {
-                    let p = &m.publish;
-                    self.examiner.handle_message_correlated(
-                        &p.topic,
-                        &p.payload,
-                        p.qos,
-                        p.correlation_data.as_deref(),
-                        now,
-                    );
-                }
-                _ => {}
-            }
-        }
-        self.run_actions(session, now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = (!self.timed_out).then_some(self.deadline);
-        self.examiner
-            .poll_timeout()
-            .into_iter()
-            .chain(deadline)
-            .min()
-    }
-
-    fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
-        if now >= self.deadline {
-            self.timed_out = true;
-        }
-        if self.examiner.poll_timeout().is_some_and(|t| now >= t) {
-            self.examiner.handle_timeout(now);
-        }
-        self.run_actions(session, now);
-    }
-
-    fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
-
-    fn wants_disconnect(&self) -> bool {
-        self.disconnect_sent
-    }
+/// Whether a SUBACK's `filters` include `topic`.
+fn names(filters: &[(String, Option<QoS>)], topic: &str) -> bool {
+    filters.iter().any(|(filter, _)| filter == topic)
 }
 
 /// The second reference: an [`Answerer`] alone on its own connection, in a process of its
@@ -1131,23 +1003,18 @@ impl TrivialResponder {
         }
     }
 
-    fn run(mut self, endpoint: &Endpoint) -> Result<(), String> {
+    fn run(mut self, broker: &Broker) -> Result<(), String> {
+        let endpoint = endpoint(broker).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        // The examiner's connection settings, as for the floor.
-        let connection = PeerConnection {
-            protocol: Protocol::V311,
-            client_id: format!("{}-trivial", self.answerer.user_id),
-            username: None,
-            password: None,
-        };
-        let mut session = Session::new(examine::peer_session_config(&connection), Instant::now());
+        // The examiner's session settings, as for the floor.
+        let mut session = Session::new(examine::peer_session_config(broker), Instant::now());
         let never = CancellationToken::new();
         runtime.block_on(async {
             let end = driver::open_and_run(
-                endpoint,
+                &endpoint,
                 &mut session,
                 &mut self,
                 Duration::from_secs(10),
@@ -1194,20 +1061,25 @@ impl App for TrivialResponder {
     }
 }
 
-fn endpoint(port: u16, client_id: &str) -> Result<Endpoint> {
-    let broker = Broker {
+/// The broker settings of the benchmark's own clients (the examiner, the trivial
+/// responder): the broker on loopback `port`, MQTT 3.1.1, no credentials.
+fn broker(port: u16, client_id: String) -> Broker {
+    Broker {
         host: "127.0.0.1".to_owned(),
         port,
         protocol: Protocol::V311,
-        client_id: client_id.to_owned(),
+        client_id,
         username: None,
         password: None,
         keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
         connect_timeout: Duration::from_secs(10),
         max_inflight: 20,
         tls: None,
-    };
-    Endpoint::new(&broker).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+fn endpoint(broker: &Broker) -> Result<Endpoint> {
+    Endpoint::new(broker).map_err(|e| anyhow!("{e}"))
 }
 
 /// The release binary to drive: `--binary PATH`, else `cargo build --release` (a no-op when

@@ -9,10 +9,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::EmbeddedBroker;
-use crate::config;
+use crate::config::{self, Broker};
 use crate::console::{self, Transcript};
 use crate::daemon::{self, Outcome};
-use crate::examine::{self, Examination, PeerConnection};
+use crate::examine::{self, Examination};
 use crate::transport::Endpoint;
 use crate::vocabulary::{Protocol, QoS};
 
@@ -81,11 +81,9 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
     settings.delay = options.delay;
     settings.seed = rand::random();
     let exam = Examination {
-        connection: PeerConnection {
-            protocol: options.protocol,
+        connection: Broker {
             client_id: "mqtt-responder-demo-peer".to_owned(),
-            username: None,
-            password: None,
+            ..config.broker.clone()
         },
         settings,
         logins: 1,

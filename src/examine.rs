@@ -1,6 +1,7 @@
 //! The peer side of the protocol against a real broker: one or more [`Examiner`]s (one per
 //! device that logs in) on one MQTT [`Session`], pumped by the same driver as the daemon.
-//! Used by `examine`, `demo` and the tests.
+//! The one runner of the examiner's actions: used by `examine`, `demo`, the tests and the
+//! round-trip benchmark (whose floor adds a [`Companion`] on the same connection).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Broker;
 use crate::driver::{self, App, End};
 use crate::mqtt::packet::Publish;
 use crate::mqtt::session::{Event, Session, SessionConfig};
@@ -19,7 +21,7 @@ use crate::protocol::examiner::{
 };
 use crate::topic::Vars;
 use crate::transport::Endpoint;
-use crate::vocabulary::{Protocol, QoS};
+use crate::vocabulary::QoS;
 
 /// Between two connection attempts after the examiner lost its connection: short and
 /// fixed, since the examiner is a test tool and must come back quickly after a broker
@@ -32,19 +34,6 @@ pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Without any connection for this long, the examination gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
-
-/// How the examiner connects.
-#[derive(Debug, Clone)]
-pub struct PeerConnection {
-    /// MQTT version.
-    pub protocol: Protocol,
-    /// Client identifier.
-    pub client_id: String,
-    /// User name.
-    pub username: Option<String>,
-    /// Password.
-    pub password: Option<crate::vocabulary::Secret>,
-}
 
 /// A message sent to the responder besides the commands (hostile payloads, stray topics),
 /// published when the commands start, ahead of the first one.
@@ -59,8 +48,9 @@ pub struct Noise {
 /// What to examine.
 #[derive(Debug, Clone)]
 pub struct Examination {
-    /// How to connect.
-    pub connection: PeerConnection,
+    /// The examiner's own broker settings: its protocol, client id, credentials and
+    /// in-flight cap (see [`peer_session_config`]); where it connects is the endpoint's.
+    pub connection: Broker,
     /// Settings for every device's examiner (`seed` is offset per device).
     pub settings: ExaminerSettings,
     /// How many devices to serve (each logs in with its own user ID).
@@ -150,7 +140,7 @@ pub enum ExamineError {
 /// bound it themselves).
 pub async fn run(
     endpoint: &Endpoint,
-    connection: PeerConnection,
+    connection: Broker,
     settings: ExaminerSettings,
     noise: Vec<Noise>,
     ready: Option<oneshot::Sender<()>>,
@@ -166,7 +156,7 @@ pub async fn run(
 /// [`run`] with every option.
 pub async fn run_with(
     endpoint: &Endpoint,
-    connection: PeerConnection,
+    connection: Broker,
     settings: ExaminerSettings,
     options: RunOptions,
 ) -> Result<Report, ExamineError> {
@@ -198,6 +188,44 @@ pub async fn examine(
     observe: &mut dyn FnMut(usize, &Note),
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<Outcome, ExamineError> {
+    run_examination(endpoint, exam, observe, ready, None).await
+}
+
+/// A part played beside the examiners on their own connection: the round-trip benchmark's
+/// floor answers its own commands this way. It sees each session event before the
+/// examiners do.
+pub trait Companion {
+    /// The examiner listens for logins (its login subscription was acknowledged the first
+    /// time): the moment a responder would be started.
+    fn start(&mut self, session: &mut Session, now: Instant);
+    /// Takes `event` if it is the companion's (the examiners then never see it); returns
+    /// whether it was.
+    fn handle_event(&mut self, event: &Event, session: &mut Session, now: Instant) -> bool;
+    /// Asked once every device is done: whether the companion is through with what the
+    /// examiners sent, `completion_sent` saying whether that included the completion
+    /// message. The connection closes once it is and nothing is in flight.
+    fn is_done(&self, completion_sent: bool) -> bool;
+}
+
+/// [`examine`] with `companion` on the examiner's connection, started when `ready` would
+/// fire. A timed-out examination then closes at once rather than once nothing is in flight:
+/// while the examiners still send, the companion's own publishes may never let that happen.
+pub async fn examine_with_companion(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &mut dyn FnMut(usize, &Note),
+    companion: &mut dyn Companion,
+) -> Result<Outcome, ExamineError> {
+    run_examination(endpoint, exam, observe, None, Some(companion)).await
+}
+
+async fn run_examination<'a>(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &'a mut dyn FnMut(usize, &Note),
+    ready: Option<oneshot::Sender<()>>,
+    companion: Option<&'a mut dyn Companion>,
+) -> Result<Outcome, ExamineError> {
     let now = Instant::now();
     // Check the settings up front (a device's examiner is only created at its login).
     Examiner::new(exam.settings.clone(), now).map_err(|e| ExamineError::Settings(e.to_string()))?;
@@ -217,13 +245,14 @@ pub async fn examine(
         examiners: Vec::new(),
         noise_sent: Vec::new(),
         by_user: HashMap::new(),
-        subscriptions: HashMap::new(),
         broker_qos: QoS::ExactlyOnce,
         login_granted: None,
         login_subscribing: None,
         failure: None,
         ready,
+        listening: false,
         observe,
+        companion,
         timed_out: false,
         disconnect_sent: false,
     };
@@ -260,7 +289,6 @@ pub async fn examine(
                 if up_for.is_some() {
                     offline_since = None;
                     reconnects += 1;
-                    app.subscriptions.clear();
                     app.login_subscribing = None;
                     for examiner in &mut app.examiners {
                         examiner.handle_disconnected(Instant::now());
@@ -291,23 +319,17 @@ pub async fn examine(
     })
 }
 
-/// The session settings of the examiner's connection: a keep-alive of 30 s, at most 20
-/// publishes in flight (mosquitto's default queue), acknowledgements on arrival, and a
-/// clean start. Public so that the round-trip benchmark's floor connects exactly as the
-/// examiner does.
-pub fn peer_session_config(connection: &PeerConnection) -> SessionConfig {
+/// The session settings of the examiner's connection: `broker`'s (see
+/// [`Broker::session_config`]: acknowledgements on arrival, a clean start) with a
+/// keep-alive of 30 s whatever the broker settings say, packets of up to 1 MiB, and a
+/// broker-side session kept for 10 minutes. Public so that the round-trip benchmark's
+/// trivial responder connects exactly as the examiner does.
+pub fn peer_session_config(broker: &Broker) -> SessionConfig {
     SessionConfig {
-        protocol: connection.protocol,
-        client_id: connection.client_id.clone(),
-        username: connection.username.clone(),
-        password: connection.password.clone(),
         keep_alive: Duration::from_secs(30),
-        max_inflight: 20,
         max_incoming_packet: 1 << 20,
         session_expiry: 600,
-        will: None,
-        manual_acks: false,
-        clean_first: true,
+        ..broker.session_config()
     }
 }
 
@@ -320,8 +342,6 @@ struct Fleet<'a> {
     /// Per device: its noise went out.
     noise_sent: Vec<bool>,
     by_user: HashMap<String, usize>,
-    /// SUBSCRIBE packet id → (filter, owning examiner; `None`: the shared login filter).
-    subscriptions: HashMap<u16, (String, Option<usize>)>,
     broker_qos: QoS,
     /// QoS granted on the shared login subscription, passed on to every examiner: a 3.1.1
     /// broker announces its maximum QoS only this way.
@@ -331,23 +351,24 @@ struct Fleet<'a> {
     /// Why the examination cannot go on (it disconnects and returns this).
     failure: Option<String>,
     ready: Option<oneshot::Sender<()>>,
+    /// The login subscription was acknowledged once: `ready` fired, the companion started.
+    listening: bool,
     observe: &'a mut dyn FnMut(usize, &Note),
+    companion: Option<&'a mut dyn Companion>,
     deadline: Instant,
     timed_out: bool,
     disconnect_sent: bool,
 }
 
 impl Fleet<'_> {
-    fn subscribe(&mut self, session: &mut Session, filter: String, owner: Option<usize>) {
+    fn subscribe(&mut self, session: &mut Session, filter: String) {
         let now = Instant::now();
-        if owner.is_none() {
+        if filter == self.login_topic {
             let attempts = self.login_subscribing.map_or(0, |(_, n)| n) + 1;
             self.login_subscribing = Some((now + CONNACK_TIMEOUT, attempts));
         }
         let qos = self.exam.settings.qos.min(self.broker_qos);
-        if let Some(pkid) = session.subscribe(vec![(filter.clone(), qos)], Instant::now()) {
-            self.subscriptions.insert(pkid, (filter, owner));
-        }
+        session.subscribe(vec![(filter, qos)], Instant::now());
     }
 
     fn login(&mut self, payload: &[u8], now: Instant) -> Option<usize> {
@@ -394,7 +415,7 @@ impl Fleet<'_> {
                 match action {
                     // The login filter is shared and already subscribed.
                     Action::Subscribe { topic, .. } if topic == self.login_topic => {}
-                    Action::Subscribe { topic, .. } => self.subscribe(session, topic, Some(index)),
+                    Action::Subscribe { topic, .. } => self.subscribe(session, topic),
                     Action::Publish {
                         topic,
                         payload,
@@ -402,8 +423,11 @@ impl Fleet<'_> {
                         response_topic,
                         correlation_data,
                     } => {
-                        let message =
-                            action_publish(topic, payload, qos, response_topic, correlation_data);
+                        let message = Publish {
+                            response_topic,
+                            correlation_data,
+                            ..publish(topic, payload, qos)
+                        };
                         session.publish(message, now);
                     }
                     Action::Finished => {}
@@ -418,8 +442,14 @@ impl Fleet<'_> {
             progress.store(answered, Ordering::Relaxed);
         }
         let all_done = self.examiners.len() == self.exam.logins
-            && self.examiners.iter().all(|e| e.phase() == Phase::Finished);
-        if (all_done || self.timed_out) && !self.disconnect_sent && session.outstanding() == 0 {
+            && self.examiners.iter().all(|e| e.phase() == Phase::Finished)
+            && self.companion.as_ref().is_none_or(|c| {
+                c.is_done(self.examiners.iter().any(|e| e.report().completion_sent))
+            });
+        let settled = session.outstanding() == 0;
+        // With a companion a timed-out run closes at once (see `examine_with_companion`).
+        let timed_out = self.timed_out && (settled || self.companion.is_some());
+        if ((all_done && settled) || timed_out) && !self.disconnect_sent {
             session.disconnect(now);
             self.disconnect_sent = true;
         }
@@ -445,7 +475,7 @@ impl Fleet<'_> {
             self.login_topic,
             attempts + 1
         );
-        self.subscribe(session, self.login_topic.clone(), None);
+        self.subscribe(session, self.login_topic.clone());
     }
 
     fn send_noise(&mut self, index: usize, session: &mut Session, now: Instant) {
@@ -475,51 +505,46 @@ pub fn publish(topic: String, payload: Bytes, qos: QoS) -> Publish {
     }
 }
 
-/// The session's publish for an examiner's `Action::Publish`.
-pub fn action_publish(
-    topic: String,
-    payload: Bytes,
-    qos: QoS,
-    response_topic: Option<String>,
-    correlation_data: Option<Bytes>,
-) -> Publish {
-    Publish {
-        response_topic,
-        correlation_data,
-        ..publish(topic, payload, qos)
-    }
-}
-
 impl App for Fleet<'_> {
     fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        if let Some(companion) = &mut self.companion
+            && companion.handle_event(&event, session, now)
+        {
+            self.run_actions(session, now);
+            return;
+        }
         match event {
             Event::Connected {
                 session_present,
                 caps,
             } => {
                 self.broker_qos = caps.max_qos;
-                self.subscribe(session, self.login_topic.clone(), None);
+                self.subscribe(session, self.login_topic.clone());
                 for examiner in &mut self.examiners {
                     examiner.handle_connected(session_present, caps.max_qos, now);
                 }
             }
-            Event::SubAck { pkid, granted } => {
-                if let Some((topic, owner)) = self.subscriptions.remove(&pkid) {
-                    let granted = granted.first().copied().flatten();
-                    match owner {
-                        Some(index) => {
-                            self.examiners[index].handle_subscribed(&topic, granted, now)
+            Event::SubAck { filters, .. } => {
+                for (topic, granted) in filters {
+                    if topic == self.login_topic {
+                        self.login_subscribing = None;
+                        self.login_granted = granted;
+                        for examiner in &mut self.examiners {
+                            examiner.handle_subscribed(&topic, granted, now);
                         }
-                        None => {
-                            self.login_subscribing = None;
-                            self.login_granted = granted;
-                            for examiner in &mut self.examiners {
-                                examiner.handle_subscribed(&topic, granted, now);
-                            }
+                        if !std::mem::replace(&mut self.listening, true) {
                             if let Some(ready) = self.ready.take() {
                                 let _ = ready.send(());
                             }
+                            if let Some(companion) = &mut self.companion {
+                                companion.start(session, now);
+                            }
                         }
+                    } else if let Some(owner) =
+                        // Each device has filters of its own (rendered with its user ID and UUID).
+                        self.examiners.iter_mut().find(|e| e.subscribes_to(&topic))
+                    {
+                        owner.handle_subscribed(&topic, granted, now);
                     }
                 }
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cli::ExamineArgs;
 use crate::config::{self, Broker, ClientAuth, ReplyTable, Tls};
 use crate::console::{self, Progress};
-use crate::examine::{self, Examination, PeerConnection};
+use crate::examine::{self, Examination};
 use crate::protocol::examiner::ExaminerSettings;
 use crate::topic::{Template, Var};
 use crate::transport::Endpoint;
@@ -94,9 +94,9 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         host: args.host.clone(),
         port: args.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
         protocol,
-        client_id: client_id.clone(),
+        client_id,
         username: args.username.clone(),
-        password: password.clone(),
+        password,
         keep_alive: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(10),
         max_inflight: 20,
@@ -162,12 +162,7 @@ fn prepare(args: &ExamineArgs) -> Result<(Endpoint, Examination), String> {
         pause_after: None,
     };
     let exam = Examination {
-        connection: PeerConnection {
-            protocol,
-            client_id,
-            username: args.username.clone(),
-            password,
-        },
+        connection: broker,
         settings,
         logins: usize::try_from(args.logins).unwrap_or(usize::MAX),
         noise: Vec::new(),

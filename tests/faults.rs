@@ -23,8 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-use mqtt_responder::config;
-use mqtt_responder::examine::{self, CommandGate, PeerConnection, RunOptions};
+use mqtt_responder::config::{self, Broker};
+use mqtt_responder::examine::{self, CommandGate, RunOptions};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
 use support::exchange::READY_TIMEOUT;
@@ -141,11 +141,11 @@ impl Scenario {
         settings.ignore_logins = self.ignore_logins;
         settings.seed = u64::from(self.broker_port) ^ self.commands as u64;
         let endpoint = Endpoint::new(&peer_cfg.broker).unwrap();
-        let connection = PeerConnection {
-            protocol: peer_cfg.broker.protocol,
+        let connection = Broker {
             client_id: format!("examiner-{}", self.user),
             username: None,
             password: None,
+            ..peer_cfg.broker.clone()
         };
         let log_path = dir.path().join("daemon.log");
         let watch = Watch {

@@ -632,9 +632,11 @@ fn aedes_mqtt311() {
 /// whether or not the broker's race would have struck.
 #[test]
 fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_up() {
+    use mqtt_responder::config::Broker;
     use mqtt_responder::driver::{self, App, End};
-    use mqtt_responder::mqtt::session::{Event, Session, SessionConfig};
-    use mqtt_responder::vocabulary::{Protocol, QoS};
+    use mqtt_responder::examine;
+    use mqtt_responder::mqtt::session::{Event, Session};
+    use mqtt_responder::vocabulary::QoS;
     use std::time::Instant;
     use support::proxy::Proxy;
     use tokio_util::sync::CancellationToken;
@@ -690,22 +692,13 @@ fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_u
                     .unwrap();
                 let never = CancellationToken::new();
                 for run in 0..25 {
-                    let mut session = Session::new(
-                        SessionConfig {
-                            protocol: Protocol::V311,
-                            client_id: format!("purge-probe-{probe}"),
-                            username: None,
-                            password: None,
-                            keep_alive: Duration::from_secs(30),
-                            max_inflight: 20,
-                            max_incoming_packet: 1 << 20,
-                            session_expiry: 600,
-                            will: None,
-                            manual_acks: false,
-                            clean_first: true,
-                        },
-                        Instant::now(),
-                    );
+                    // Connected as the examiner is in the exchanges.
+                    let broker = Broker {
+                        client_id: format!("purge-probe-{probe}"),
+                        ..cfg.broker.clone()
+                    };
+                    let mut session =
+                        Session::new(examine::peer_session_config(&broker), Instant::now());
                     let mut app = RoundTrips {
                         left: 3,
                         disconnecting: false,

@@ -859,9 +859,8 @@ fn sigint_gives_up_on_an_unacknowledged_reply_within_drain_timeout_secs() {
 /// starts a fresh session and logs in, rather than answering a UUID from a day ago.
 #[test]
 fn a_state_file_older_than_a_session_is_not_resumed() {
-    use mqtt_responder::mqtt::session::{Session, SessionConfig};
+    use mqtt_responder::mqtt::session::Session;
     use mqtt_responder::state::{RunState, StateFile};
-    use mqtt_responder::vocabulary::Protocol;
 
     let broker = require_mosquitto!().start().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -872,24 +871,10 @@ fn a_state_file_older_than_a_session_is_not_resumed() {
     let path = write_config(dir.path(), &config(broker.port(), user, &extra));
 
     // What a run stopped a day and an hour ago would have left for this client and broker.
-    let session = Session::new(
-        SessionConfig {
-            protocol: Protocol::V311,
-            client_id: format!("mqtt-responder-{user}"),
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(30),
-            max_inflight: 20,
-            max_incoming_packet: 1 << 16,
-            session_expiry: 0,
-            will: None,
-            manual_acks: true,
-            clean_first: true,
-        },
-        Instant::now(),
-    );
+    let (cfg, _) = mqtt_responder::config::load(&path).expect("test config is valid");
+    let session = Session::new(cfg.broker.session_config(), Instant::now());
     let mut state = RunState::new(
-        &format!("mqtt-responder-{user}"),
+        &cfg.broker.client_id,
         &format!("127.0.0.1:{}", broker.port()),
         session.snapshot(),
     );

@@ -9,6 +9,7 @@
 //! - packet ids of QoS 1/2 publishes and SUBSCRIBEs are never 0 and never reused while in
 //!   flight; a DUP publish resends the same message under the same id; a PUBREL is only
 //!   sent for a publish in flight;
+//! - a `SubAck` event answers a SUBSCRIBE in progress and names that SUBSCRIBE's filters;
 //! - everything transmitted decodes with rumqttc's codec as client packets, to the last byte.
 #![no_main]
 
@@ -268,8 +269,8 @@ struct Model {
     tokens: HashMap<PublishToken, u64>,
     /// Packet id → (publish number, state) of QoS 1/2 publishes in flight.
     outgoing: HashMap<u16, (u64, Out)>,
-    /// SUBSCRIBE packet ids in progress on this connection.
-    subscribing: Vec<u16>,
+    /// SUBSCRIBEs in progress on this connection: packet id and filters.
+    subscribing: Vec<(u16, Vec<String>)>,
     /// Inbound QoS 2 packet ids surfaced and not yet released → PUBREC sent.
     inbound2: HashMap<u16, bool>,
     /// Inbound messages surfaced (for acks and redeliveries).
@@ -309,7 +310,20 @@ impl Model {
                     let n = self.tokens.get(&token).copied();
                     self.outgoing.retain(|_, (m, _)| Some(*m) != n);
                 }
-                Event::SubAck { pkid, .. } => self.subscribing.retain(|p| *p != pkid),
+                Event::SubAck { pkid, filters } => {
+                    let i = self
+                        .subscribing
+                        .iter()
+                        .position(|(p, _)| *p == pkid)
+                        .unwrap_or_else(|| panic!("SUBACK {pkid} surfaced for no SUBSCRIBE"));
+                    let (_, sent) = self.subscribing.swap_remove(i);
+                    let named: Vec<&String> = filters.iter().map(|(f, _)| f).collect();
+                    assert_eq!(
+                        named,
+                        sent.iter().collect::<Vec<_>>(),
+                        "SUBACK {pkid} names other filters than its SUBSCRIBE"
+                    );
+                }
                 Event::Purged | Event::Refused(_) => self.connected = false,
                 // 3.1.1: acknowledged and skipped by the session; its packet id is not
                 // surfaced, so the duplicate check above cannot see it.
@@ -358,7 +372,7 @@ impl Model {
                             "publish {n} sent again under a new packet id {pkid}"
                         );
                         assert!(
-                            !self.subscribing.contains(&pkid),
+                            !self.subscribing.iter().any(|(p, _)| *p == pkid),
                             "packet id {pkid} of a SUBSCRIBE in progress"
                         );
                     }
@@ -389,17 +403,17 @@ impl Model {
                     self.inbound2.remove(&pkid);
                 }
             }
-            Client::Subscribe(pkid) => {
+            Client::Subscribe(pkid, filters) => {
                 assert_ne!(pkid, 0, "SUBSCRIBE with packet id 0");
                 assert!(
                     !self.outgoing.contains_key(&pkid),
                     "SUBSCRIBE reuses packet id {pkid} of a publish in flight"
                 );
                 assert!(
-                    !self.subscribing.contains(&pkid),
+                    !self.subscribing.iter().any(|(p, _)| *p == pkid),
                     "SUBSCRIBE reuses packet id {pkid}"
                 );
-                self.subscribing.push(pkid);
+                self.subscribing.push((pkid, filters));
             }
             Client::Other => {}
         }
@@ -417,7 +431,8 @@ enum Client {
     PubRel(u16),
     PubRec(u16),
     PubComp(u16),
-    Subscribe(u16),
+    /// Packet id and filters.
+    Subscribe(u16, Vec<String>),
     Other,
 }
 
@@ -444,7 +459,9 @@ fn decode(buf: &mut BytesMut, v5: bool) -> Vec<Client> {
             m5::Packet::PubRel(p) => Client::PubRel(p.pkid),
             m5::Packet::PubRec(p) => Client::PubRec(p.pkid),
             m5::Packet::PubComp(p) => Client::PubComp(p.pkid),
-            m5::Packet::Subscribe(s) => Client::Subscribe(s.pkid),
+            m5::Packet::Subscribe(s) => {
+                Client::Subscribe(s.pkid, s.filters.into_iter().map(|f| f.path).collect())
+            }
             m5::Packet::Connect(..)
             | m5::Packet::PubAck(_)
             | m5::Packet::PingReq(_)
@@ -465,7 +482,9 @@ fn decode(buf: &mut BytesMut, v5: bool) -> Vec<Client> {
             v4::Packet::PubRel(p) => Client::PubRel(p.pkid),
             v4::Packet::PubRec(p) => Client::PubRec(p.pkid),
             v4::Packet::PubComp(p) => Client::PubComp(p.pkid),
-            v4::Packet::Subscribe(s) => Client::Subscribe(s.pkid),
+            v4::Packet::Subscribe(s) => {
+                Client::Subscribe(s.pkid, s.filters.into_iter().map(|f| f.path).collect())
+            }
             v4::Packet::Connect(..)
             | v4::Packet::PubAck(_)
             | v4::Packet::PingReq
@@ -566,7 +585,7 @@ fn run(input: Input) {
             }
             Op::SubAckPending { which, granted } => {
                 if !m.subscribing.is_empty() {
-                    let pkid = m.subscribing[usize::from(*which) % m.subscribing.len()];
+                    let (pkid, _) = m.subscribing[usize::from(*which) % m.subscribing.len()];
                     encode(
                         &BrokerPacket::SubAck(
                             pkid,
@@ -662,7 +681,8 @@ fn run(input: Input) {
                 s.handle_transport_up(now);
                 up = true;
                 rx.clear();
-                m.subscribing.clear();
+                // A new transport without handle_transport_down (a misuse the driver never
+                // commits) leaves SUBSCRIBEs in progress, as the session does.
             }
             Op::Disconnect => s.disconnect(now),
             Op::Restore => {

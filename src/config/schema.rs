@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::mqtt::session::SessionConfig;
 use crate::protocol::examiner::ExaminerSettings;
 use crate::protocol::responder::ResponderSettings;
 pub use crate::protocol::{ReplyTable, UnknownCommand};
@@ -85,6 +86,30 @@ pub struct Session {
     pub status_interval: Duration,
     /// Crash-resume state directory; `None`: no state kept.
     pub state_dir: Option<PathBuf>,
+}
+
+impl Broker {
+    /// The session settings for logging in to this broker: its protocol, client id,
+    /// credentials, keep-alive and in-flight cap, and a clean first start; the one mapping
+    /// from broker settings to a session, for the daemon and the examiner alike. What else a
+    /// session needs is the caller's to set (struct update syntax): as given here it is a
+    /// plain client's, with acknowledgements on arrival, no Will, no broker-side session
+    /// after a disconnect and packets of up to 1 MiB.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            protocol: self.protocol,
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            keep_alive: self.keep_alive,
+            max_inflight: self.max_inflight,
+            max_incoming_packet: 1 << 20,
+            session_expiry: 0,
+            will: None,
+            manual_acks: false,
+            clean_first: true,
+        }
+    }
 }
 
 impl Config {

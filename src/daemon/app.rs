@@ -1,10 +1,9 @@
-//! The responder wired to an MQTT session, as the driver's [`App`]: it maps subscriptions
-//! and replies to the packet ids and tokens the session hands out, and around the pure
-//! responder (which drains, on the completion message and on SIGTERM alike) it carries
-//! presence (the online/offline record and the Will, the farewell), systemd notifications,
-//! SIGHUP reloads and the crash-resume journal.
+//! The responder wired to an MQTT session, as the driver's [`App`]: it maps replies to the
+//! tokens the session hands out, and around the pure responder (which drains, on the
+//! completion message and on SIGTERM alike) it carries presence (the online/offline record
+//! and the Will, the farewell), systemd notifications, SIGHUP reloads and the crash-resume
+//! journal.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -28,14 +27,11 @@ use rustc_hash::FxHashMap;
 /// (`drain_timeout_secs = 0`): on a live link that is well under a millisecond.
 const FAREWELL_MIN: Duration = Duration::from_secs(1);
 
-/// The responder wired to a session: maps subscriptions and replies to the packet ids and
-/// tokens the session hands out.
+/// The responder wired to a session: maps replies to the tokens the session hands out.
 pub(super) struct ResponderApp {
     pub(super) responder: Responder,
     /// The bound on the offline record's acknowledgement after the completion message.
     drain_timeout: Duration,
-    /// SUBSCRIBE packet id → topic.
-    subscriptions: HashMap<u16, String>,
     /// Reply publish → the command it answers.
     replies: FxHashMap<PublishToken, Reply>,
     /// Until when the offline record may take to be acknowledged.
@@ -79,7 +75,6 @@ impl ResponderApp {
         ResponderApp {
             responder: fresh_responder(config),
             drain_timeout: config.session.responder.drain_timeout,
-            subscriptions: HashMap::new(),
             replies: FxHashMap::default(),
             farewell_deadline: None,
             disconnect_sent: false,
@@ -283,7 +278,6 @@ impl ResponderApp {
     }
 
     fn handle_disconnected(&mut self, now: Instant) {
-        self.subscriptions.clear();
         self.responder.handle_disconnected(now);
         if let Some(presence) = &mut self.presence {
             presence.handle_disconnected();
@@ -445,9 +439,7 @@ impl ResponderApp {
         while let Some(action) = self.responder.poll_action() {
             match action {
                 Action::Subscribe { topic, qos } => {
-                    if let Some(pkid) = session.subscribe(vec![(topic.clone(), qos)], now) {
-                        self.subscriptions.insert(pkid, topic);
-                    }
+                    session.subscribe(vec![(topic, qos)], now);
                 }
                 Action::Publish(out) => {
                     let publish = Publish {
@@ -621,16 +613,12 @@ impl App for ResponderApp {
                 self.responder
                     .handle_connected(session_present, caps.max_qos, now);
             }
-            Event::SubAck { pkid, granted } => {
-                if let Some(presence) = &mut self.presence {
-                    // 3.1.1 brokers tell their maximum QoS only here.
-                    granted
-                        .iter()
-                        .flatten()
-                        .for_each(|q| presence.handle_granted(*q));
-                }
-                if let Some(topic) = self.subscriptions.remove(&pkid) {
-                    let granted = granted.first().copied().flatten();
+            Event::SubAck { filters, .. } => {
+                for (topic, granted) in filters {
+                    if let (Some(presence), Some(granted)) = (&mut self.presence, granted) {
+                        // 3.1.1 brokers tell their maximum QoS only here.
+                        presence.handle_granted(granted);
+                    }
                     self.responder.handle_subscribed(&topic, granted, now);
                 }
             }

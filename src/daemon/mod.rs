@@ -165,19 +165,12 @@ pub async fn run(
 /// presence is on, acknowledgements only once a command is answered, and a clean first
 /// start (a resumed state file keeps its session instead).
 fn session_config(config: &Config, presence: Option<&Presence>) -> SessionConfig {
-    let broker = &config.broker;
     SessionConfig {
-        protocol: broker.protocol,
-        client_id: broker.client_id.clone(),
-        username: broker.username.clone(),
-        password: broker.password.clone(),
-        keep_alive: broker.keep_alive,
-        max_inflight: broker.max_inflight,
         max_incoming_packet: config.session.responder.max_payload_bytes + PACKET_OVERHEAD,
         session_expiry: SESSION_EXPIRY_SECS,
         will: presence.map(Presence::will),
         manual_acks: true,
-        clean_first: true,
+        ..config.broker.session_config()
     }
 }
 

@@ -74,6 +74,14 @@ pub(crate) fn inbound5(pkid: u16, qos: Q5, dup: bool, payload: &str) -> b5::Pack
     b5::Packet::Publish(p)
 }
 
+/// A 3.1.1 SUBACK granting `granted` to one filter.
+pub(crate) fn suback4(pkid: u16, granted: Q4) -> b4::Packet {
+    b4::Packet::SubAck(b4::SubAck::new(
+        pkid,
+        vec![b4::SubscribeReasonCode::Success(granted)],
+    ))
+}
+
 /// The bytes of 3.1.1 broker packets, back to back.
 pub(crate) fn wire4(packets: Vec<b4::Packet>) -> Vec<u8> {
     let mut buf = BytesMut::new();

@@ -77,12 +77,13 @@ pub enum Event {
     Purged,
     /// CONNACK refused.
     Refused(ConnectCode),
-    /// SUBACK for the SUBSCRIBE with this packet id.
+    /// SUBACK for a SUBSCRIBE sent on this connection.
     SubAck {
         /// Packet id returned by [`Session::subscribe`].
         pkid: u16,
-        /// Granted QoS per filter, `None` where refused.
-        granted: Vec<Option<QoS>>,
+        /// The SUBSCRIBE's filters, in order, each with the QoS granted: `None` where
+        /// refused (or where the SUBACK carries no return code for it).
+        filters: Vec<(String, Option<QoS>)>,
     },
     /// A new message (never a redelivery of one already surfaced).
     Message(Message),
@@ -194,8 +195,9 @@ pub struct Session {
     pending: VecDeque<(PublishToken, Publish)>,
     /// Outgoing QoS 1/2 publishes by packet id.
     outgoing: FxHashMap<u16, OutFlight>,
-    /// SUBSCRIBE packet ids awaiting SUBACK.
-    subscribing: Vec<u16>,
+    /// SUBSCRIBEs awaiting SUBACK: packet id and filters, so that the SUBACK can name them
+    /// and no caller keeps a packet id → filter map.
+    subscribing: Vec<(u16, Vec<String>)>,
     /// Inbound QoS 1/2 messages by packet id: the duplicate-suppression set.
     inbound: FxHashMap<u16, InFlight>,
     /// Message handle → inbound packet id.
@@ -350,13 +352,14 @@ impl Session {
     }
 
     /// Sends a SUBSCRIBE; returns its packet id, or `None` when offline (subscribe again
-    /// after the next `Connected`).
+    /// after the next `Connected`). Its [`Event::SubAck`] names the filters.
     pub fn subscribe(&mut self, filters: Vec<(String, QoS)>, now: Instant) -> Option<u16> {
         if self.link != Link::Connected {
             return None;
         }
         let pkid = self.allocate_pkid()?;
-        self.subscribing.push(pkid);
+        let names = filters.iter().map(|(filter, _)| filter.clone()).collect();
+        self.subscribing.push((pkid, names));
         self.send(&Packet::Subscribe { pkid, filters }, now);
         Some(pkid)
     }
@@ -638,9 +641,14 @@ impl Session {
             }
             Packet::PubComp(pkid) => self.complete_outgoing(pkid, Awaiting::Complete, None, now),
             Packet::SubAck { pkid, granted } => {
-                if let Some(i) = self.subscribing.iter().position(|p| *p == pkid) {
-                    self.subscribing.swap_remove(i);
-                    self.events.push_back(Event::SubAck { pkid, granted });
+                if let Some(i) = self.subscribing.iter().position(|(p, _)| *p == pkid) {
+                    let (_, names) = self.subscribing.swap_remove(i);
+                    let mut granted = granted.into_iter();
+                    let filters = names
+                        .into_iter()
+                        .map(|filter| (filter, granted.next().flatten()))
+                        .collect();
+                    self.events.push_back(Event::SubAck { pkid, filters });
                 }
             }
             Packet::PingResp | Packet::UnsubAck(_) => {}
@@ -975,7 +983,7 @@ impl Session {
         for _ in 0..u16::MAX {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
             let id = self.next_pkid;
-            if !self.outgoing.contains_key(&id) && !self.subscribing.contains(&id) {
+            if !self.outgoing.contains_key(&id) && !self.subscribing.iter().any(|(p, _)| *p == id) {
                 return Some(id);
             }
         }

@@ -457,19 +457,11 @@ impl Examiner {
             return;
         };
         self.granted_qos = self.granted_qos.min(granted);
-        let is_reply_filter = self
-            .rendered
-            .as_ref()
-            .is_some_and(|r| r.reply_filters.iter().any(|f| f == topic));
-        if !is_reply_filter {
+        if !self.subscribes_to(topic) {
             return;
         }
         self.reply_qos = self.reply_qos.min(granted);
-        let all_granted = !self.pending_subs.iter().any(|p| {
-            self.rendered
-                .as_ref()
-                .is_some_and(|r| r.reply_filters.contains(p))
-        });
+        let all_granted = !self.pending_subs.iter().any(|p| self.subscribes_to(p));
         if self.phase == Phase::SubscribingReplies && all_granted {
             self.publish_uuid();
             self.timers[Timer::Start as usize] = Some(now + self.settings.delay);
@@ -580,6 +572,14 @@ impl Examiner {
             || self.rendered.as_ref().is_some_and(|r| {
                 r.reply_topics.contains_key(topic) || r.response_topic.as_deref() == Some(topic)
             })
+    }
+
+    /// Whether `filter` is one of this examiner's reply subscriptions, for callers that run
+    /// several examiners on one connection: its SUBACK is this examiner's.
+    pub fn subscribes_to(&self, filter: &str) -> bool {
+        self.rendered
+            .as_ref()
+            .is_some_and(|r| r.reply_filters.iter().any(|f| f == filter))
     }
 
     /// The topic logins arrive on.

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use mqtt_responder::config::{self, Config};
-use mqtt_responder::examine::{self, Noise, PeerConnection};
+use mqtt_responder::config::{self, Broker, Config};
+use mqtt_responder::examine::{self, Noise};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
 
@@ -84,11 +84,11 @@ pub fn run(
     let (cfg, _) = config::load(&path).expect("test config is valid");
     let settings = settings(&cfg);
     let endpoint = Endpoint::new(&cfg.broker).unwrap();
-    let connection = PeerConnection {
-        protocol: cfg.broker.protocol,
+    let connection = Broker {
         client_id: examiner_id.to_owned(),
         username: None,
         password: None,
+        ..cfg.broker.clone()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,7 +6,7 @@
 use super::*;
 use crate::mqtt::broker_side::{
     MAX_PACKET, connack_props5, connack4, connack5, events, feed_chunked, feed4, feed5, inbound4,
-    inbound5, online4, online5, publishes4, reconnect4, sent4, sent5, transmitted, wire4,
+    inbound5, online4, online5, publishes4, reconnect4, sent4, sent5, suback4, transmitted, wire4,
 };
 use crate::mqtt::packet::{WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use rumqttc::mqttbytes::QoS as Q4;
@@ -1247,30 +1247,14 @@ fn subscribe_correlates_suback_v311() {
     assert_eq!(sub.filters[0].path, "cmd/u/#");
     assert_eq!(sub.filters[0].qos, Q4::ExactlyOnce);
     // A SUBACK for another id is ignored.
-    feed4(
-        &mut s,
-        b4::Packet::SubAck(b4::SubAck::new(
-            pkid.wrapping_add(100),
-            vec![b4::SubscribeReasonCode::Success(Q4::AtLeastOnce)],
-        )),
-        t0,
-    )
-    .unwrap();
+    feed4(&mut s, suback4(pkid.wrapping_add(100), Q4::AtLeastOnce), t0).unwrap();
     assert!(events(&mut s).is_empty());
-    feed4(
-        &mut s,
-        b4::Packet::SubAck(b4::SubAck::new(
-            pkid,
-            vec![b4::SubscribeReasonCode::Success(Q4::AtLeastOnce)],
-        )),
-        t0,
-    )
-    .unwrap();
+    feed4(&mut s, suback4(pkid, Q4::AtLeastOnce), t0).unwrap();
     assert_eq!(
         events(&mut s),
         vec![Event::SubAck {
             pkid,
-            granted: vec![Some(QoS::AtLeastOnce)]
+            filters: vec![("cmd/u/#".into(), Some(QoS::AtLeastOnce))]
         }]
     );
 }
@@ -1295,7 +1279,7 @@ fn suback_failure_is_none() {
         events(&mut s),
         vec![Event::SubAck {
             pkid,
-            granted: vec![None]
+            filters: vec![("cmd/#".into(), None)]
         }]
     );
 
@@ -1318,7 +1302,55 @@ fn suback_failure_is_none() {
         events(&mut s),
         vec![Event::SubAck {
             pkid,
-            granted: vec![None]
+            filters: vec![("cmd/#".into(), None)]
+        }]
+    );
+}
+
+/// The SUBACK names the SUBSCRIBE's filters with what was granted each, a filter without a
+/// return code counting as refused. A subscription lost with its connection and made again
+/// after the reconnect comes back named by the new SUBSCRIBE's SUBACK; a late SUBACK for
+/// the old packet id is ignored.
+#[test]
+fn suback_names_the_filters_also_after_a_reconnect() {
+    let t0 = Instant::now();
+    let mut s = online4(cfg(Protocol::V311), t0);
+    let filters = vec![
+        ("login".to_owned(), QoS::ExactlyOnce),
+        ("u/UUID".to_owned(), QoS::AtLeastOnce),
+    ];
+    let pkid = s.subscribe(filters, t0).unwrap();
+    let _ = sent4(&mut s);
+    feed4(&mut s, suback4(pkid, Q4::AtLeastOnce), t0).unwrap();
+    assert_eq!(
+        events(&mut s),
+        vec![Event::SubAck {
+            pkid,
+            filters: vec![
+                ("login".into(), Some(QoS::AtLeastOnce)),
+                ("u/UUID".into(), None)
+            ]
+        }]
+    );
+
+    // A SUBSCRIBE whose SUBACK the lost connection never brought, made again after it.
+    let lost = s
+        .subscribe(vec![("cmd/#".into(), QoS::AtLeastOnce)], t0)
+        .unwrap();
+    let _ = reconnect4(&mut s, true, t0);
+    let again = s
+        .subscribe(vec![("cmd/#".into(), QoS::AtLeastOnce)], t0)
+        .unwrap();
+    assert_ne!(lost, again, "packet ids move on across reconnects");
+    let _ = sent4(&mut s);
+    for id in [lost, again] {
+        feed4(&mut s, suback4(id, Q4::ExactlyOnce), t0).unwrap();
+    }
+    assert_eq!(
+        events(&mut s),
+        vec![Event::SubAck {
+            pkid: again,
+            filters: vec![("cmd/#".into(), Some(QoS::ExactlyOnce))]
         }]
     );
 }
