@@ -16,7 +16,7 @@
 //!   and the stripped binary size;
 //! * measures the issue's **floor** in the same run: the same peer talking to itself through
 //!   the broker. One connection, run by the very examiner runner that examines the daemon
-//!   ([`examine::examine_with_companion`]: the same session settings, examiner and
+//!   ([`runner::examine_with_companion`]: the same session settings, examiner and
 //!   handling), carries an [`Answerer`] too: the peer publishes a command, receives it (it
 //!   subscribes to the command topic itself), publishes the reply from the table and
 //!   receives that. It is what a round trip costs with a responder that takes zero time,
@@ -70,8 +70,8 @@ use tokio_util::sync::CancellationToken;
 
 use mqtt_responder::config::{Broker, ReplyTable};
 use mqtt_responder::driver::{self, App};
-use mqtt_responder::examine::{self, Companion, Examination};
 use mqtt_responder::mqtt::session::{Event, Session};
+use mqtt_responder::peer::runner::{self, Companion, Examination};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Note};
 use mqtt_responder::transport::Endpoint;
@@ -667,7 +667,7 @@ async fn examine_process(
     let (ready_tx, ready_rx) = oneshot::channel();
     let observer_probe = probe.clone();
     let mut observe = move |_: usize, note: &Note| observer_probe.borrow_mut().note(note);
-    let examination = examine::examine(endpoint, exam, &mut observe, Some(ready_tx));
+    let examination = runner::examine(endpoint, exam, &mut observe, Some(ready_tx));
     let launch = async {
         ready_rx
             .await
@@ -708,7 +708,7 @@ async fn self_talk(
     let bound = exam.timeout + EXIT_TIMEOUT;
     let mut answerer = Answerer::new(user_id, exam.settings.qos);
     let mut observe = |_: usize, note: &Note| observe(note);
-    let run = examine::examine_with_companion(endpoint, exam, &mut observe, &mut answerer);
+    let run = runner::examine_with_companion(endpoint, exam, &mut observe, &mut answerer);
     let outcome = match tokio::time::timeout(bound, run).await {
         Ok(Ok(outcome)) if outcome.reconnects == 0 => outcome,
         Ok(Ok(outcome)) => bail!(
@@ -878,7 +878,7 @@ async fn launch(
 /// subscribes to the UUID topic, logs in, subscribes to the command topic, answers each
 /// command from the table (topics rendered once) and notes the completion message. The
 /// session acknowledges commands on arrival. The floor's peer runs it beside its examiner
-/// (as its [`examine::Companion`], see [`self_talk`]); the trivial responder process runs it
+/// (as its [`runner::Companion`], see [`self_talk`]); the trivial responder process runs it
 /// alone ([`TrivialResponder`]).
 struct Answerer {
     user_id: String,
@@ -914,7 +914,7 @@ impl Answerer {
     }
 
     fn publish(&self, session: &mut Session, topic: String, payload: Bytes, now: Instant) {
-        session.publish(examine::publish(topic, payload, self.qos), now);
+        session.publish(runner::publish(topic, payload, self.qos), now);
     }
 }
 
@@ -1010,7 +1010,7 @@ impl TrivialResponder {
             .build()
             .map_err(|e| e.to_string())?;
         // The examiner's session settings, as for the floor.
-        let mut session = Session::new(examine::peer_session_config(broker), Instant::now());
+        let mut session = Session::new(runner::peer_session_config(broker), Instant::now());
         let never = CancellationToken::new();
         runtime.block_on(async {
             let end = driver::open_and_run(
@@ -1200,7 +1200,7 @@ enum BrokerProcess {
         version: String,
         stock: bool,
     },
-    Embedded(mqtt_responder::broker::EmbeddedBroker),
+    Embedded(mqtt_responder::peer::embedded_broker::EmbeddedBroker),
 }
 
 impl BrokerProcess {
@@ -1212,7 +1212,7 @@ impl BrokerProcess {
                  !!! Its figures are not comparable with Debian's mosquitto; install it with\n\
                  !!! `apt-get install -y mosquitto` for the real benchmark.\n{bar}\n"
             );
-            let broker = mqtt_responder::broker::EmbeddedBroker::start()
+            let broker = mqtt_responder::peer::embedded_broker::EmbeddedBroker::start()
                 .map_err(|e| anyhow!("embedded rumqttd: {e}"))?;
             return Ok(BrokerProcess::Embedded(broker));
         };

@@ -5,38 +5,28 @@
 //! The contract (protocol, configuration, CLI, exit codes) is `SPEC.md`.
 //!
 //! # Layout
+//! From the bottom up: each layer uses only those above it in this table.
+//!
 //! | module | what lives there |
 //! |---|---|
-//! | [`config`] | schema, loading (file + environment), validation into types, redaction |
+//! | [`vocabulary`] | the words every layer shares: QoS, Protocol, Secret, MessageId |
 //! | [`topic`] | topic and topic-level checks, `{placeholder}` templates |
-//! | [`protocol`] | the responder and the examiner: pure state machines |
+//! | [`protocol`] | the responder and the examiner, pure state machines, and their settings |
 //! | [`mqtt`] | packet model over rumqttc's codec, the sans-IO MQTT session |
-//! | [`backoff`] | capped exponential backoff with full jitter, pure |
-//! | [`presence`] | the retained online/offline record and the Last Will, pure |
-//! | [`state`] | the crash-resume state file |
-//! | [`transport`] | TCP (no Nagle) and TLS to the broker |
-//! | [`driver`], [`daemon`] | the event loop over one connection; reconnects, reload, shutdown |
-//! | [`systemd`], [`logging`] | the operating-system edges: sd_notify, journald/text/JSON |
-//! | [`cli`] | the command line |
-//! | [`examine`], [`examine_command`] | the peer side against a real broker, and its subcommand |
-//! | [`broker`], [`demo`], [`console`] | the embedded broker, the `demo`, what both show a person |
+//! | [`config`] | schema, loading (file + environment), validation into types, redaction |
+//! | [`transport`], [`driver`] | TCP (no Nagle) and TLS; the event loop over one connection |
+//! | [`daemon`] | the composition, the reconnect policy, presence, the crash-resume journal, systemd |
+//! | [`peer`] | the peer side: the examiner's runner, `examine`, `demo`, the embedded broker |
+//! | [`logging`], [`cli`] | journald/text/JSON output; the command line |
 
-pub mod backoff;
-pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod console;
 pub mod daemon;
-pub mod demo;
 pub mod driver;
-pub mod examine;
-pub mod examine_command;
 pub mod logging;
 pub mod mqtt;
-pub mod presence;
+pub mod peer;
 pub mod protocol;
-pub mod state;
-pub mod systemd;
 pub mod topic;
 pub mod transport;
 pub mod vocabulary;

@@ -29,7 +29,7 @@ type Output = Box<dyn Layer<Filtered> + Send + Sync>;
 /// `demo`: the daemon's phase lines, not the peer's (the transcript shows those) nor the
 /// embedded broker's chatter (it also logs our readiness probes as errors).
 pub const DEMO_FILTER: &str =
-    "info,mqtt_responder::examine=warn,mqtt_responder::protocol::examiner=warn,rumqttd=off";
+    "info,mqtt_responder::peer::runner=warn,mqtt_responder::protocol::examiner=warn,rumqttd=off";
 
 /// `examine`: only what went wrong.
 pub const EXAMINE_FILTER: &str = "warn,rumqttd=error";

@@ -10,8 +10,9 @@ use clap::Parser;
 
 use mqtt_responder::cli::{Cli, Command, DemoArgs};
 use mqtt_responder::config::{self, Config};
+use mqtt_responder::peer::{demo, examine};
 use mqtt_responder::transport::Endpoint;
-use mqtt_responder::{daemon, demo, examine_command, logging};
+use mqtt_responder::{daemon, logging};
 use tokio_util::sync::CancellationToken;
 
 /// SPEC §4: configuration error (missing or unreadable file included).
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Examine(args)) => {
             logging::init_console(logging::EXAMINE_FILTER);
-            return ExitCode::from(examine_command::run(args));
+            return ExitCode::from(examine::run(args));
         }
         _ => {}
     }

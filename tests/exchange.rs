@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt_responder::examine::Noise;
+use mqtt_responder::peer::runner::Noise;
 use support::exchange::{self, Outcome};
 
 /// One run: the daemon's config (`[broker]` host/port/protocol filled in) and what the peer

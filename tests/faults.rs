@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use mqtt_responder::config::{self, Broker};
-use mqtt_responder::examine::{self, CommandGate, RunOptions};
+use mqtt_responder::peer::runner::{self, CommandGate, RunOptions};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
 use support::exchange::READY_TIMEOUT;
@@ -172,7 +172,7 @@ impl Scenario {
                     ..RunOptions::default()
                 };
                 let peer = tokio::task::spawn_local(async move {
-                    examine::run_with(&endpoint, connection, settings, options).await
+                    runner::run_with(&endpoint, connection, settings, options).await
                 });
                 if self.wait_ready {
                     let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx)

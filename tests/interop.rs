@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt_responder::config::ReplyTable;
-use mqtt_responder::examine::Noise;
+use mqtt_responder::peer::runner::Noise;
 use mqtt_responder::protocol::examiner::ExaminerSettings;
 use mqtt_responder::topic::{Template, Var};
 use support::Mosquitto;
@@ -634,8 +634,8 @@ fn aedes_mqtt311() {
 fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_up() {
     use mqtt_responder::config::Broker;
     use mqtt_responder::driver::{self, App, End};
-    use mqtt_responder::examine;
     use mqtt_responder::mqtt::session::{Event, Session};
+    use mqtt_responder::peer::runner;
     use mqtt_responder::vocabulary::QoS;
     use std::time::Instant;
     use support::proxy::Proxy;
@@ -698,7 +698,7 @@ fn the_broker_closes_first_after_each_disconnect_and_the_real_connection_stays_u
                         ..cfg.broker.clone()
                     };
                     let mut session =
-                        Session::new(examine::peer_session_config(&broker), Instant::now());
+                        Session::new(runner::peer_session_config(&broker), Instant::now());
                     let mut app = RoundTrips {
                         left: 3,
                         disconnecting: false,

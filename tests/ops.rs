@@ -859,8 +859,8 @@ fn sigint_gives_up_on_an_unacknowledged_reply_within_drain_timeout_secs() {
 /// starts a fresh session and logs in, rather than answering a UUID from a day ago.
 #[test]
 fn a_state_file_older_than_a_session_is_not_resumed() {
+    use mqtt_responder::daemon::state::{RunState, StateFile};
     use mqtt_responder::mqtt::session::Session;
-    use mqtt_responder::state::{RunState, StateFile};
 
     let broker = require_mosquitto!().start().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -11,14 +11,14 @@ use tokio::sync::Notify;
 
 use super::reconnect::{Context, Outcome};
 use crate::config::{self, Config};
+use crate::daemon::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
+use crate::daemon::state::{Journal, RunState, SavedReply};
+use crate::daemon::systemd::Notifier;
 use crate::driver::{self, App, End};
 use crate::logging::Logging;
 use crate::mqtt::packet::{ConnectCode, Publish, WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
 use crate::mqtt::session::{Event, PublishToken, Session};
-use crate::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
-use crate::state::{Journal, RunState, SavedReply};
-use crate::systemd::Notifier;
 use crate::vocabulary::MessageId;
 use crate::vocabulary::{Protocol, QoS};
 use rustc_hash::FxHashMap;

@@ -1,13 +1,17 @@
 //! The daemon, composed: load what a previous process left, wire the responder to an MQTT
 //! session, run connections until the run is over — asking the [reconnect policy] what to do
 //! after each — and leave the journal and the summary behind. The decisions live in the
-//! parts: [`reconnect`] (when to connect again), the [`app`] glue around the pure responder,
+//! parts: [`reconnect`] (when to connect again), the `app` glue around the pure responder,
 //! presence and the journal; this file only carries their verdicts out and logs them.
 //!
 //! [reconnect policy]: reconnect::ReconnectPolicy
 
 mod app;
+pub mod backoff;
+pub mod presence;
 pub mod reconnect;
+pub mod state;
+pub mod systemd;
 
 use std::time::Instant;
 
@@ -15,12 +19,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::daemon::presence::Presence;
+use crate::daemon::state::{Journal, RESUME_WITHIN};
 use crate::driver::{self, End};
 use crate::logging::Logging;
 use crate::mqtt::packet::ConnectCode;
 use crate::mqtt::session::{Session, SessionConfig};
-use crate::presence::Presence;
-use crate::state::{Journal, RESUME_WITHIN};
 use crate::transport::{Endpoint, OpenError};
 use app::ResponderApp;
 pub use reconnect::Outcome;

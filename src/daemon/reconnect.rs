@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::daemon::backoff::Backoff;
 use crate::driver::End;
 use crate::mqtt::packet::ConnectCode;
 

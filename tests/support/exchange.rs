@@ -7,7 +7,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use mqtt_responder::config::{self, Broker, Config};
-use mqtt_responder::examine::{self, Noise};
+use mqtt_responder::peer::runner::{self, Noise};
 use mqtt_responder::protocol::examiner::{ExaminerSettings, Report};
 use mqtt_responder::transport::Endpoint;
 
@@ -22,9 +22,9 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Bound on the examiner's readiness (subscribed to logins): room for one CONNECT and one
 /// SUBSCRIBE the broker never answers (the examiner tries each again after
-/// [`examine::CONNACK_TIMEOUT`]; that is the broker's fault, not the daemon's), and five
+/// [`runner::CONNACK_TIMEOUT`]; that is the broker's fault, not the daemon's), and five
 /// seconds for the rest.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(2 * examine::CONNACK_TIMEOUT.as_secs() + 5);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2 * runner::CONNACK_TIMEOUT.as_secs() + 5);
 
 /// What came out of one exchange.
 pub struct Outcome {
@@ -99,7 +99,7 @@ pub fn run(
     local.block_on(&runtime, async move {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let peer = tokio::task::spawn_local(async move {
-            examine::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
+            runner::run(&endpoint, connection, settings, noise, Some(ready_tx)).await
         });
         let ready = tokio::time::timeout(READY_TIMEOUT, ready_rx)
             .await

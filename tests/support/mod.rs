@@ -728,7 +728,7 @@ pub fn embedded() -> &'static EmbeddedBroker {
     SHARED.get_or_init(|| EmbeddedBroker::start().expect("start embedded rumqttd"))
 }
 
-pub use mqtt_responder::broker::EmbeddedBroker;
+pub use mqtt_responder::peer::embedded_broker::EmbeddedBroker;
 
 /// Minimal blocking MQTT clients over raw TCP and rumqttc's public codec, to probe brokers
 /// without the daemon or rumqttc's event loop.

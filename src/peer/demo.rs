@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::EmbeddedBroker;
 use crate::config::{self, Broker};
-use crate::console::{self, Transcript};
 use crate::daemon::{self, Outcome};
-use crate::examine::{self, Examination};
+use crate::peer::console::{self, Transcript};
+use crate::peer::embedded_broker::EmbeddedBroker;
+use crate::peer::runner::{self, Examination};
 use crate::transport::Endpoint;
 use crate::vocabulary::{Protocol, QoS};
 
@@ -110,7 +110,7 @@ pub fn run(options: &DemoOptions, started: Instant) -> u8 {
         let (ready_tx, ready_rx) = oneshot::channel();
         let peer = tokio::task::spawn_local(async move {
             let mut show = |_: usize, note: &_| transcript.note(note);
-            let outcome = examine::examine(&peer_endpoint, exam, &mut show, Some(ready_tx)).await;
+            let outcome = runner::examine(&peer_endpoint, exam, &mut show, Some(ready_tx)).await;
             (outcome, transcript)
         });
         if ready_rx.await.is_err() {

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::examine::Outcome;
+use crate::peer::runner::Outcome;
 use crate::protocol::examiner::{CommandReport, Note, Report};
 
 /// Prints each note as one line of the conversation (for `demo`).

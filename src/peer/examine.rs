@@ -1,12 +1,12 @@
-//! `mqtt-responder examine`: the command-line front of [`crate::examine`] — flags into an
+//! `mqtt-responder examine`: the command-line front of [`crate::peer::runner`] — flags into an
 //! examination, live progress, the table (or JSON), and the exit code (0 pass, 1 fail).
 
 use std::time::Duration;
 
 use crate::cli::ExamineArgs;
 use crate::config::{self, Broker, ClientAuth, ReplyTable, Tls};
-use crate::console::{self, Progress};
-use crate::examine::{self, Examination};
+use crate::peer::console::{self, Progress};
+use crate::peer::runner::{self, Examination};
 use crate::protocol::examiner::ExaminerSettings;
 use crate::topic::{Template, Var};
 use crate::transport::Endpoint;
@@ -41,7 +41,7 @@ pub fn run(args: &ExamineArgs) -> u8 {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&runtime, async {
         let mut show = |device: usize, note: &_| progress.note(device, note);
-        examine::examine(&endpoint, exam, &mut show, None).await
+        runner::examine(&endpoint, exam, &mut show, None).await
     });
     progress.finish();
     match result {
