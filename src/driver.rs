@@ -37,8 +37,8 @@ pub trait App {
     }
     /// Called before the session's pending bytes are written: the place to save state
     /// that must reach the disk before the packets it guards reach the wire.
-    fn before_transmit(&mut self, session: &mut Session) {
-        let _ = session;
+    fn before_transmit(&mut self, session: &mut Session, now: Instant) {
+        let _ = (session, now);
     }
     /// Called once the session's pending bytes are written: the place to announce what
     /// those packets achieve (systemd's READY=1 after the login is on the wire).
@@ -156,7 +156,7 @@ pub async fn run_connection_with_wake(
     let mut armed: Option<Instant> = None;
 
     loop {
-        app.before_transmit(session);
+        app.before_transmit(session, Instant::now());
         while let Some(bytes) = session.poll_transmit() {
             if let Err(e) = stream.write_all(&bytes).await {
                 session.handle_transport_down();

@@ -154,7 +154,7 @@ impl Scenario {
             started: Instant::now(),
             daemon: Mutex::new(None),
             spawn_args: (daemon_config.clone(), dir.path().to_owned()),
-            state_file: state_dir.join("state.json"),
+            state_file: state_dir.join("journal.0"),
         };
         let progress = Arc::clone(&watch.answered);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -843,7 +843,7 @@ fn sigkill_mid_stream(qos: u8) -> u64 {
         wait_for_the_freeze(&proxy, w, commands);
         w.kill_daemon();
         let answered_at_kill = w.answered();
-        assert!(w.state_file.exists(), "no state file while answering");
+        assert!(w.state_file.exists(), "no journal while answering");
         proxy.cut_all();
         proxy.forward();
         w.start_daemon();
@@ -869,10 +869,7 @@ fn sigkill_mid_stream(qos: u8) -> u64 {
         outcome.log
     );
     let duplicates = outcome.assert_all_answered(commands);
-    assert!(
-        !state_file.exists(),
-        "a completed run clears its state file"
-    );
+    assert!(!state_file.exists(), "a completed run clears its journal");
     duplicates
 }
 

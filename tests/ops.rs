@@ -859,7 +859,7 @@ fn sigint_gives_up_on_an_unacknowledged_reply_within_drain_timeout_secs() {
 /// starts a fresh session and logs in, rather than answering a UUID from a day ago.
 #[test]
 fn a_state_file_older_than_a_session_is_not_resumed() {
-    use mqtt_responder::daemon::state::{RunState, StateFile};
+    use mqtt_responder::daemon::state::Journal;
     use mqtt_responder::mqtt::session::Session;
 
     let broker = require_mosquitto!().start().unwrap();
@@ -873,24 +873,22 @@ fn a_state_file_older_than_a_session_is_not_resumed() {
     // What a run stopped a day and an hour ago would have left for this client and broker.
     let (cfg, _) = mqtt_responder::config::load(&path).expect("test config is valid");
     let session = Session::new(cfg.broker.session_config(), Instant::now());
-    let mut state = RunState::new(
-        &cfg.broker.client_id,
-        &format!("127.0.0.1:{}", broker.port()),
-        session.snapshot(),
-    );
+    let broker_addr = format!("127.0.0.1:{}", broker.port());
+    let mut journal = Journal::in_dir(&state_dir, &cfg.broker.client_id, &broker_addr);
+    let mut state = journal.state(session.snapshot());
     state.uuid = Some(UUID.to_owned());
-    let mut file = StateFile::new(&state_dir);
-    file.save(&state).unwrap();
+    journal.snapshot(&state, Instant::now());
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(25 * 3600);
     fs::File::options()
         .write(true)
-        .open(file.path())
+        .open(state_dir.join("journal.0"))
         .unwrap()
         .set_modified(long_ago)
         .unwrap();
-    assert!(
-        file.age()
-            .is_some_and(|a| a >= Duration::from_secs(25 * 3600))
+    assert_eq!(
+        Journal::in_dir(&state_dir, &cfg.broker.client_id, &broker_addr).load(),
+        None,
+        "too old to resume"
     );
 
     let mut peer = Peer::connect(broker.port(), "peer-stale", None);

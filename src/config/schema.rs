@@ -108,6 +108,7 @@ impl Broker {
             will: None,
             manual_acks: false,
             clean_first: true,
+            record_changes: false,
         }
     }
 }

@@ -12,12 +12,12 @@ use tokio::sync::Notify;
 use super::reconnect::{Context, Outcome};
 use crate::config::{self, Config};
 use crate::daemon::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
-use crate::daemon::state::{Journal, RunState, SavedReply};
+use crate::daemon::state::{Journal, RunChange, RunState, SavedReply};
 use crate::daemon::systemd::Notifier;
 use crate::driver::{self, App, End};
 use crate::logging::Logging;
 use crate::mqtt::packet::{ConnectCode, Publish, WILL_QOS_REFUSED, WILL_RETAIN_REFUSED};
-use crate::mqtt::session::{Event, PublishToken, Session};
+use crate::mqtt::session::{Change, Event, PublishToken, Session};
 use crate::protocol::responder::{Action, OutgoingKind, Phase, Responder, ResponseTo};
 use crate::vocabulary::MessageId;
 use crate::vocabulary::{Protocol, QoS};
@@ -55,10 +55,23 @@ pub(super) struct ResponderApp {
     broker_disconnect_reason: Option<u8>,
     /// READY=1 is due once the pending packets (the login) are written.
     ready_owed: bool,
-    /// The crash-resume state file, when `session.state_dir` is set.
+    /// The crash-resume journal, when `session.state_dir` is set.
     pub(super) journal: Option<Journal>,
+    /// What the journal holds of the run beyond replies, to journal what changes.
+    journaled: Journaled,
+    /// The turn's changes, for the journal (buffers kept across turns).
+    session_changes: Vec<Change>,
+    run_changes: Vec<RunChange>,
     /// State from a previous process, until the broker confirms it kept the session.
     restored: bool,
+}
+
+/// The run's part of the journal that the responder holds rather than announces.
+#[derive(Debug, Default)]
+struct Journaled {
+    uuid: Option<String>,
+    draining: bool,
+    qos: Option<QoS>,
 }
 
 /// A reply in flight, for the journal line when it is acknowledged.
@@ -90,6 +103,9 @@ impl ResponderApp {
             broker_disconnect_reason: None,
             ready_owed: false,
             journal: None,
+            journaled: Journaled::default(),
+            session_changes: Vec::new(),
+            run_changes: Vec::new(),
             restored: false,
         }
     }
@@ -101,6 +117,11 @@ impl ResponderApp {
             .map(|r| (MessageId(r.message_id), r.command.clone()))
             .collect();
         let qos = state.qos;
+        self.journaled = Journaled {
+            uuid: state.uuid.clone(),
+            draining: state.draining,
+            qos: Some(qos),
+        };
         if let Some(uuid) = &state.uuid {
             if let Err(why) = self
                 .responder
@@ -131,31 +152,61 @@ impl ResponderApp {
         self.restored = true;
     }
 
-    /// Saves the state file if anything it holds changed (before the packets that the
-    /// change guards are written).
-    fn persist(&mut self, session: &mut Session) {
+    /// Journals what this turn changed, in one write (before the packets that the change
+    /// guards are written): a snapshot when the journal wants one, else the changes.
+    fn persist(&mut self, session: &mut Session, now: Instant) {
+        if self.journal.is_none() {
+            return;
+        }
+        session.take_changes(&mut self.session_changes);
+        let uuid = self.responder.uuid();
+        if self.journaled.uuid.as_deref() != uuid {
+            self.journaled.uuid = uuid.map(str::to_owned);
+            self.run_changes
+                .push(RunChange::Uuid(self.journaled.uuid.clone()));
+        }
+        let draining = self.responder.is_draining();
+        if self.journaled.draining != draining {
+            self.journaled.draining = draining;
+            self.run_changes.push(RunChange::Draining(draining));
+        }
+        let qos = self.responder.effective_qos();
+        if self.journaled.qos != Some(qos) {
+            self.journaled.qos = Some(qos);
+            self.run_changes.push(RunChange::Qos(qos));
+        }
+        if self.session_changes.is_empty() && self.run_changes.is_empty() {
+            return;
+        }
         let Some(journal) = &mut self.journal else {
             return;
         };
-        let uuid = self.responder.uuid();
-        let draining = self.responder.is_draining();
-        if !journal.is_stale(session.take_dirty(), uuid, draining) {
-            return;
+        if journal.wants_snapshot() {
+            let mut state = journal.state(session.snapshot());
+            state.uuid = self.journaled.uuid.clone();
+            state.draining = draining;
+            state.qos = qos;
+            state.replies = self
+                .replies
+                .iter()
+                .map(|(token, reply)| SavedReply {
+                    token: token.0,
+                    message_id: reply.id.0,
+                    command: reply.command.clone(),
+                })
+                .collect();
+            state.replies.sort_by_key(|r| r.token);
+            journal.snapshot(&state, now);
+        } else {
+            journal.append(
+                session.counters(),
+                &self.session_changes,
+                &self.run_changes,
+                now,
+            );
         }
-        let mut state = journal.state(session.snapshot());
-        state.uuid = uuid.map(str::to_owned);
-        state.draining = draining;
-        state.qos = self.responder.effective_qos();
-        state.replies = self
-            .replies
-            .iter()
-            .map(|(token, reply)| SavedReply {
-                token: token.0,
-                message_id: reply.id.0,
-                command: reply.command.clone(),
-            })
-            .collect();
-        journal.save(&state);
+        self.session_changes.clear();
+        self.run_changes.clear();
     }
 
     /// A completed run clears the file, so the next run starts fresh; any other end keeps
@@ -166,16 +217,17 @@ impl ResponderApp {
                 journal.clear();
             }
         } else {
-            self.persist(session);
-            self.sync_journal();
+            let now = Instant::now();
+            self.persist(session, now);
+            self.sync_journal(now);
         }
     }
 
-    /// An fsync a throttled save left owed, now: the session state is settled while there
+    /// An fsync a throttled write left owed, now: the session state is settled while there
     /// is no connection, and the process may be about to end.
-    pub(super) fn sync_journal(&mut self) {
+    pub(super) fn sync_journal(&mut self, now: Instant) {
         if let Some(journal) = &mut self.journal {
-            journal.sync();
+            journal.sync(now);
         }
     }
 
@@ -459,6 +511,13 @@ impl ResponderApp {
                         command,
                     } = out.kind
                     {
+                        if self.journal.is_some() {
+                            self.run_changes.push(RunChange::Reply(SavedReply {
+                                token: token.0,
+                                message_id: in_reply_to.0,
+                                command: command.clone(),
+                            }));
+                        }
                         let reply = Reply {
                             id: in_reply_to,
                             command,
@@ -503,6 +562,9 @@ impl ResponderApp {
             return;
         }
         if let Some(reply) = self.replies.remove(&token) {
+            if self.journal.is_some() {
+                self.run_changes.push(RunChange::ReplyDone(token.0));
+            }
             tracing::debug!(
                 command = %reply.command,
                 mqtt_topic = %reply.topic,
@@ -608,6 +670,9 @@ impl App for ResponderApp {
                     );
                     session.discard_all();
                     self.replies.clear();
+                    if self.journal.is_some() {
+                        self.run_changes.push(RunChange::RepliesCleared);
+                    }
                     self.responder = fresh_responder(&self.config);
                 }
                 self.responder
@@ -672,7 +737,7 @@ impl App for ResponderApp {
         if let Some(journal) = &mut self.journal
             && journal.sync_due().is_some_and(|due| now >= due)
         {
-            journal.sync();
+            journal.sync(now);
         }
         if let Some(deadline) = self.farewell_deadline
             && now >= deadline
@@ -714,8 +779,8 @@ impl App for ResponderApp {
         self.reload();
     }
 
-    fn before_transmit(&mut self, session: &mut Session) {
-        self.persist(session);
+    fn before_transmit(&mut self, session: &mut Session, now: Instant) {
+        self.persist(session, now);
     }
 
     fn after_transmit(&mut self) {

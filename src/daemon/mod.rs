@@ -60,12 +60,12 @@ pub async fn run(
     let addr = endpoint.addr();
     let broker = &config.broker;
     let session_config = session_config(config, app.presence.as_ref());
-    let journal = config
+    let mut journal = config
         .session
         .state_dir
         .as_deref()
-        .map(|dir| Journal::new(dir, &broker.client_id, &addr));
-    let mut session = match journal.as_ref().and_then(Journal::load) {
+        .map(|dir| Journal::in_dir(dir, &broker.client_id, &addr));
+    let mut session = match journal.as_mut().and_then(Journal::load) {
         Some(state) => {
             let mut session = Session::restore(session_config, state.session.clone(), started);
             app.restore(&state, &mut session);
@@ -125,7 +125,7 @@ pub async fn run(
                     Some(&ops.reload),
                 )
                 .await;
-                app.sync_journal();
+                app.sync_journal(Instant::now());
                 let cx = app.context_after(&end, &mut session, &addr);
                 (end, cx)
             }
@@ -174,6 +174,7 @@ fn session_config(config: &Config, presence: Option<&Presence>) -> SessionConfig
         session_expiry: SESSION_EXPIRY_SECS,
         will: presence.map(Presence::will),
         manual_acks: true,
+        record_changes: config.session.state_dir.is_some(),
         ..config.broker.session_config()
     }
 }

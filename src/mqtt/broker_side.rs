@@ -127,6 +127,8 @@ pub(crate) fn feed_chunked(s: &mut Session, bytes: &[u8], chunk: usize, now: Ins
 
 /// Everything `s` has to transmit, concatenated.
 pub(crate) fn transmitted(s: &mut Session) -> BytesMut {
+    // Whatever a test looks at, a journal of the session's changes resumes it exactly.
+    s.assert_changes_replay();
     let mut buf = BytesMut::new();
     let mut rounds = 0;
     while let Some(b) = s.poll_transmit() {

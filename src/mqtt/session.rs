@@ -19,6 +19,10 @@ use super::packet::{
 };
 use crate::vocabulary::{MessageId, Protocol, QoS, Secret};
 use rustc_hash::FxHashMap;
+use saved::SavedPublish;
+pub use saved::{Change, Counters, SavedInbound, SessionState};
+
+mod saved;
 
 /// Session settings, fixed for a run.
 #[derive(Debug, Clone)]
@@ -47,6 +51,9 @@ pub struct SessionConfig {
     /// Start the run on a fresh broker-side session (discarding whatever an earlier run
     /// left), rather than resuming it.
     pub clean_first: bool,
+    /// Record every change to what a [`SessionState`] holds, for a crash-resume journal
+    /// ([`Session::take_changes`]).
+    pub record_changes: bool,
 }
 
 /// Identifies an outgoing publish from [`Session::publish`] to its [`Event::Delivered`].
@@ -205,8 +212,15 @@ pub struct Session {
     last_sent: Instant,
     last_received: Instant,
     ping_sent: Option<Instant>,
-    /// Something a crash-resume snapshot holds changed since [`Session::take_dirty`].
-    dirty: bool,
+    /// What a crash-resume snapshot holds changed this way since [`Session::take_changes`]
+    /// (`None`: not recorded).
+    changes: Option<Vec<Change>>,
+    /// The snapshot the recorded changes replay to (tests check it against the real one).
+    #[cfg(test)]
+    replayed: SessionState,
+    /// How many of `changes` are in `replayed` already.
+    #[cfg(test)]
+    replayed_upto: usize,
     /// Bytes of an oversized PUBLISH still to be discarded as they arrive.
     skipping: usize,
 }
@@ -217,6 +231,7 @@ impl Session {
         Session {
             keep_alive: config.keep_alive,
             clean_next: config.clean_first,
+            changes: config.record_changes.then(Vec::new),
             config,
             link: Link::Offline,
             purging: false,
@@ -236,7 +251,10 @@ impl Session {
             last_sent: now,
             last_received: now,
             ping_sent: None,
-            dirty: false,
+            #[cfg(test)]
+            replayed: SessionState::default(),
+            #[cfg(test)]
+            replayed_upto: 0,
             skipping: 0,
         }
     }
@@ -345,7 +363,9 @@ impl Session {
     pub fn publish(&mut self, publish: Publish, now: Instant) -> PublishToken {
         self.next_token += 1;
         let token = PublishToken(self.next_token);
-        self.dirty = true;
+        if self.changes.is_some() {
+            self.record(Change::Queued(SavedPublish::of(token, &publish)));
+        }
         self.pending.push_back((token, publish));
         self.flush_pending(now);
         token
@@ -368,7 +388,6 @@ impl Session {
     /// (now, or after the next resume if offline). Unknown handles (QoS 0, or from a
     /// session the broker discarded) are ignored.
     pub fn ack(&mut self, id: MessageId, now: Instant) {
-        self.dirty = true;
         let Some(pkid) = self.inbound_ids.remove(&id) else {
             return;
         };
@@ -382,6 +401,7 @@ impl Session {
             self.send_inbound_ack(pkid, now);
         } else if let Some(entry) = self.inbound.get_mut(&pkid) {
             entry.state = InState::AckOwed;
+            self.record_inbound(pkid);
         }
     }
 
@@ -475,46 +495,98 @@ impl Session {
         self.keep_alive
     }
 
-    /// Whether state a crash-resume snapshot holds changed since the last call. The caller
-    /// saves a [`Session::snapshot`] before writing what [`Session::poll_transmit`] gives,
-    /// so the file always runs ahead of the wire.
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    /// Moves the changes to what a [`Session::snapshot`] holds, made since the last call
+    /// and in order, to the end of `into` (nothing unless [`SessionConfig::record_changes`]).
+    /// A journal writes them, with [`Session::counters`], before what
+    /// [`Session::poll_transmit`] gives, so that it always runs ahead of the wire.
+    pub fn take_changes(&mut self, into: &mut Vec<Change>) {
+        #[cfg(test)]
+        {
+            self.replay_recorded();
+            self.replayed_upto = 0;
+        }
+        if let Some(changes) = &mut self.changes {
+            into.append(changes);
+        }
+    }
+
+    /// The id counters, as a snapshot holds them.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            pkid: self.next_pkid,
+            token: self.next_token,
+            message: self.next_message,
+        }
+    }
+
+    /// Replays the changes recorded since the last call onto the snapshot they started
+    /// from, and asserts that this gives the snapshot now: what a journal of them would
+    /// resume is what the session holds.
+    #[cfg(test)]
+    pub(crate) fn assert_changes_replay(&mut self) {
+        if self.changes.is_none() {
+            return;
+        }
+        self.replay_recorded();
+        self.replayed.set_counters(self.counters());
+        assert_eq!(
+            self.replayed,
+            self.snapshot(),
+            "the changes replay to the snapshot"
+        );
+    }
+
+    #[cfg(test)]
+    fn replay_recorded(&mut self) {
+        let Some(changes) = &self.changes else {
+            return;
+        };
+        for change in &changes[self.replayed_upto..] {
+            self.replayed.apply(change.clone());
+        }
+        self.replayed_upto = changes.len();
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change);
+        }
+    }
+
+    /// Records where the inbound message `pkid` now stands (or that it is gone).
+    fn record_inbound(&mut self, pkid: u16) {
+        if self.changes.is_none() {
+            return;
+        }
+        let change = match self.inbound.get(&pkid) {
+            Some(entry) => Change::Inbound(SavedInbound::of(pkid, entry)),
+            None => Change::InboundDone(pkid),
+        };
+        self.record(change);
     }
 
     /// What a new process needs to continue this broker session exactly where it was.
     pub fn snapshot(&self) -> SessionState {
-        let saved = |token: PublishToken, p: &Publish| SavedPublish {
-            token: token.0,
-            pkid: p.pkid,
-            qos: p.qos,
-            topic: p.topic.clone(),
-            payload: p.payload.to_vec(),
-            correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
-        };
         let mut outgoing: Vec<(SavedPublish, Awaiting)> = self
             .outgoing
             .values()
-            .map(|f| (saved(f.token, &f.publish), f.state))
+            .map(|f| (SavedPublish::of(f.token, &f.publish), f.state))
             .collect();
         outgoing.sort_by_key(|(p, _)| p.token);
         let mut inbound: Vec<SavedInbound> = self
             .inbound
             .iter()
-            .map(|(pkid, e)| SavedInbound {
-                pkid: *pkid,
-                message_id: e.id.0,
-                qos: e.qos,
-                state: e.state,
-            })
+            .map(|(pkid, e)| SavedInbound::of(*pkid, e))
             .collect();
         inbound.sort_by_key(|e| e.pkid);
         SessionState {
-            next_pkid: self.next_pkid,
-            next_token: self.next_token,
-            next_message: self.next_message,
+            counters: self.counters(),
             outgoing,
-            pending: self.pending.iter().map(|(t, p)| saved(*t, p)).collect(),
+            pending: self
+                .pending
+                .iter()
+                .map(|(t, p)| SavedPublish::of(*t, p))
+                .collect(),
             inbound,
         }
     }
@@ -571,10 +643,14 @@ impl Session {
                 },
             );
         }
-        session.next_pkid = state.next_pkid;
-        session.next_token = state.next_token;
-        session.next_message = state.next_message;
+        session.next_pkid = state.counters.pkid;
+        session.next_token = state.counters.token;
+        session.next_message = state.counters.message;
         session.had_session = true;
+        #[cfg(test)]
+        {
+            session.replayed = session.snapshot();
+        }
         session
     }
 
@@ -591,7 +667,7 @@ impl Session {
         for (pkid, id) in forgotten {
             self.inbound.remove(&pkid);
             self.inbound_ids.remove(&id);
-            self.dirty = true;
+            self.record(Change::InboundDone(pkid));
         }
     }
 
@@ -602,7 +678,7 @@ impl Session {
         self.outgoing.clear();
         self.inbound.clear();
         self.inbound_ids.clear();
-        self.dirty = true;
+        self.record(Change::DiscardedAll);
     }
 
     fn ping_grace(&self) -> Duration {
@@ -636,6 +712,7 @@ impl Session {
                     && entry.state == InState::AwaitRel
                 {
                     self.inbound.remove(&pkid);
+                    self.record(Change::InboundDone(pkid));
                 }
                 self.send(&Packet::PubComp(pkid), now);
             }
@@ -702,8 +779,16 @@ impl Session {
         self.last_received = now;
         self.ping_sent = None;
         // A guard against a redelivery crossing our resume PUBACK lasts one connection.
-        self.inbound
-            .retain(|_, e| e.state != InState::AckedOnResume);
+        let guards: Vec<u16> = self
+            .inbound
+            .iter()
+            .filter(|(_, e)| e.state == InState::AckedOnResume)
+            .map(|(pkid, _)| *pkid)
+            .collect();
+        for pkid in guards {
+            self.inbound.remove(&pkid);
+            self.record(Change::InboundDone(pkid));
+        }
         self.clean_next = false;
         if ack.session_present {
             self.resume(now);
@@ -761,6 +846,7 @@ impl Session {
                         state: InState::AckedOnResume,
                     },
                 );
+                self.record_inbound(pkid);
             }
         }
     }
@@ -768,7 +854,7 @@ impl Session {
     /// The broker has no session for us: inbound state is void, and every publish it had
     /// not taken ownership of is sent again as a new one.
     fn session_lost(&mut self) {
-        self.dirty = true;
+        self.record(Change::SessionLost);
         self.inbound.clear();
         self.inbound_ids.clear();
         let mut flights: Vec<OutFlight> = self.outgoing.drain().map(|(_, f)| f).collect();
@@ -807,7 +893,6 @@ impl Session {
         now: Instant,
         event: impl FnOnce(MessageId) -> Event,
     ) {
-        self.dirty = true;
         if qos == QoS::AtMostOnce {
             let id = self.next_message_id();
             self.events.push_back(event(id));
@@ -828,6 +913,7 @@ impl Session {
                 // Not a redelivery: the broker had our PUBACK and reused the id.
                 InState::AckedOnResume => {
                     self.inbound.remove(&pkid);
+                    self.record(Change::InboundDone(pkid));
                 }
             }
             if self.inbound.contains_key(&pkid) {
@@ -845,6 +931,7 @@ impl Session {
             },
         );
         self.inbound_ids.insert(id, pkid);
+        self.record_inbound(pkid);
         self.events.push_back(event(id));
         if ack_now {
             self.ack(id, now);
@@ -859,6 +946,7 @@ impl Session {
         self.inbound_ids.remove(&entry.id);
         if entry.qos == QoS::AtLeastOnce {
             self.inbound.remove(&pkid);
+            self.record(Change::InboundDone(pkid));
             self.send(
                 &Packet::PubAck {
                     pkid,
@@ -868,6 +956,7 @@ impl Session {
             );
         } else {
             entry.state = InState::AwaitRel;
+            self.record_inbound(pkid);
             self.send(
                 &Packet::PubRec {
                     pkid,
@@ -887,11 +976,15 @@ impl Session {
             (Awaiting::Received, Some(reason)) => {
                 let token = flight.token;
                 self.outgoing.remove(&pkid);
+                self.record(Change::Completed(pkid));
                 self.events.push_back(Event::Rejected(token, reason));
                 self.flush_pending(now);
             }
             (Awaiting::Received | Awaiting::Complete, None) => {
-                flight.state = Awaiting::Complete;
+                if flight.state != Awaiting::Complete {
+                    flight.state = Awaiting::Complete;
+                    self.record(Change::Released(pkid));
+                }
                 self.send(&Packet::PubRel(pkid), now);
             }
             _ => {}
@@ -909,6 +1002,7 @@ impl Session {
             Some(f) if f.state == expected => {
                 let token = f.token;
                 self.outgoing.remove(&pkid);
+                self.record(Change::Completed(pkid));
                 self.events.push_back(match failure {
                     None => Event::Delivered(token),
                     Some(reason) => Event::Rejected(token, reason),
@@ -942,6 +1036,7 @@ impl Session {
                 }
                 let size = Packet::Publish(probe).size(self.config.protocol);
                 if size > max as usize {
+                    self.record(Change::Unqueued);
                     self.events.push_back(Event::Rejected(
                         token,
                         format!("{size} bytes exceed the broker's maximum packet size of {max}"),
@@ -951,6 +1046,7 @@ impl Session {
             }
             if publish.qos == QoS::AtMostOnce {
                 publish.pkid = 0;
+                self.record(Change::Unqueued);
                 self.send(&Packet::Publish(publish), now);
                 self.events.push_back(Event::Delivered(token));
                 continue;
@@ -960,6 +1056,10 @@ impl Session {
                 return;
             };
             publish.pkid = pkid;
+            self.record(Change::Sent {
+                pkid,
+                qos: publish.qos,
+            });
             self.send(&Packet::Publish(publish.clone()), now);
             let state = if publish.qos == QoS::AtLeastOnce {
                 Awaiting::Ack
@@ -996,8 +1096,6 @@ impl Session {
     }
 
     fn send(&mut self, packet: &Packet, now: Instant) {
-        // Every packet but a ping changes (or resends) state a snapshot holds.
-        self.dirty |= !matches!(packet, Packet::PingReq);
         match packet.write(self.config.protocol, &mut self.transmit) {
             Ok(()) => self.last_sent = now,
             // Only a publish can be malformed (sizes are checked before); losing it loudly
@@ -1005,50 +1103,6 @@ impl Session {
             Err(e) => tracing::error!("could not encode {}: {e}", packet_name(packet)),
         }
     }
-}
-
-/// The part of a [`Session`] that a new process needs to resume it (see
-/// [`Session::snapshot`]); serialised by the daemon's state file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SessionState {
-    next_pkid: u16,
-    next_token: u64,
-    next_message: u64,
-    /// Outgoing QoS 1/2 publishes in flight, in send order, with what they await.
-    outgoing: Vec<(SavedPublish, Awaiting)>,
-    /// Publishes queued behind the window.
-    pending: Vec<SavedPublish>,
-    /// Inbound QoS 1/2 messages not finished with the broker.
-    inbound: Vec<SavedInbound>,
-}
-
-impl SessionState {
-    /// Tokens of the outgoing publishes (in flight or queued) the snapshot holds.
-    pub fn tokens(&self) -> impl Iterator<Item = PublishToken> + '_ {
-        self.outgoing
-            .iter()
-            .map(|(p, _)| p)
-            .chain(&self.pending)
-            .map(|p| PublishToken(p.token))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct SavedPublish {
-    token: u64,
-    pkid: u16,
-    qos: QoS,
-    topic: String,
-    payload: Vec<u8>,
-    correlation_data: Option<Vec<u8>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct SavedInbound {
-    pkid: u16,
-    message_id: u64,
-    qos: QoS,
-    state: InState,
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

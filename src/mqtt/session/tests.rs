@@ -31,6 +31,7 @@ fn cfg(protocol: Protocol) -> SessionConfig {
         will: None,
         manual_acks: true,
         clean_first: false,
+        record_changes: true,
     }
 }
 

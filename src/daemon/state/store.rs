@@ -1,0 +1,180 @@
+//! Where the journal's two files live: [`DiskStore`] in `session.state_dir`, [`MemStore`]
+//! in memory (tests, and a model of what a power loss leaves).
+//!
+//! The files are written in place at offsets and never renamed or truncated while a run
+//! lasts: each is created once at [`PREALLOCATED`] bytes of zeros, so that an fdatasync of
+//! a write into it commits one data block and no metadata (an append that grows a file
+//! also commits its new size through the file system's journal, several blocks on ext4).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The size each journal file is created at.
+pub const PREALLOCATED: usize = 80 * 1024;
+
+/// The journal's two files, by index 0 and 1.
+pub trait Store {
+    /// The whole content of file `i`, `None` when it does not exist.
+    fn read(&mut self, i: usize) -> io::Result<Option<Vec<u8>>>;
+    /// Writes `bytes` at `offset` of file `i` (created at [`PREALLOCATED`] bytes if need be).
+    fn write_at(&mut self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Makes what was written to file `i` durable.
+    fn sync(&mut self, i: usize) -> io::Result<()>;
+    /// Removes both files, durably.
+    fn remove(&mut self) -> io::Result<()>;
+    /// When file `i` was last written, by the file system's clock.
+    fn modified(&self, i: usize) -> Option<SystemTime>;
+    /// File `i`'s name, for messages.
+    fn name(&self, i: usize) -> String;
+}
+
+/// The journal's files in a directory: `journal.0` and `journal.1`.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    open: [Option<File>; 2],
+}
+
+impl DiskStore {
+    /// The files in `dir`.
+    pub fn new(dir: &Path) -> DiskStore {
+        DiskStore {
+            dir: dir.to_owned(),
+            open: [None, None],
+        }
+    }
+
+    /// File `i`'s path.
+    pub fn path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("journal.{i}"))
+    }
+
+    fn file(&mut self, i: usize) -> io::Result<&File> {
+        if self.open[i].is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.path(i))?;
+            let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+            if len < PREALLOCATED {
+                // Real zeros, not fallocate: unwritten extents would turn every first write
+                // into a block into a metadata change again.
+                file.write_all_at(&vec![0; PREALLOCATED - len], len as u64)?;
+                file.sync_all()?;
+                self.sync_dir()?;
+            }
+            self.open[i] = Some(file);
+        }
+        Ok(self.open[i].as_ref().expect("opened above"))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Store for DiskStore {
+    fn read(&mut self, i: usize) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(i)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_at(&mut self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(i)?.write_all_at(bytes, offset)
+    }
+
+    fn sync(&mut self, i: usize) -> io::Result<()> {
+        self.file(i)?.sync_data()
+    }
+
+    fn remove(&mut self) -> io::Result<()> {
+        self.open = [None, None];
+        for i in 0..2 {
+            match fs::remove_file(self.path(i)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sync_dir()
+    }
+
+    fn modified(&self, i: usize) -> Option<SystemTime> {
+        fs::metadata(self.path(i)).and_then(|m| m.modified()).ok()
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.path(i).display().to_string()
+    }
+}
+
+/// The two files in memory, with what of them is durable: [`MemStore::power_loss`] leaves
+/// what the last syncs made durable.
+#[derive(Debug, Clone, Default)]
+pub struct MemStore {
+    /// What a read sees (the page cache).
+    pub files: [Option<Vec<u8>>; 2],
+    /// What the last sync of each made durable.
+    pub durable: [Option<Vec<u8>>; 2],
+    /// Writes made, for tests that count them.
+    pub writes: usize,
+    /// The last write: file, offset, length.
+    pub last_write: Option<(usize, usize, usize)>,
+}
+
+impl MemStore {
+    /// What survives a power loss now: the durable content (a real disk may have written
+    /// more of what came after; the journal must resume from either).
+    pub fn power_loss(&self) -> MemStore {
+        MemStore {
+            files: self.durable.clone(),
+            durable: self.durable.clone(),
+            writes: 0,
+            last_write: None,
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn read(&mut self, i: usize) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.files[i].clone())
+    }
+
+    fn write_at(&mut self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let file = self.files[i].get_or_insert_with(|| vec![0; PREALLOCATED]);
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        if file.len() < offset + bytes.len() {
+            file.resize(offset + bytes.len(), 0);
+        }
+        file[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self.writes += 1;
+        self.last_write = Some((i, offset, bytes.len()));
+        Ok(())
+    }
+
+    fn sync(&mut self, i: usize) -> io::Result<()> {
+        self.durable[i].clone_from(&self.files[i]);
+        Ok(())
+    }
+
+    fn remove(&mut self) -> io::Result<()> {
+        *self = MemStore::default();
+        Ok(())
+    }
+
+    fn modified(&self, i: usize) -> Option<SystemTime> {
+        self.files[i].as_ref().map(|_| SystemTime::now())
+    }
+
+    fn name(&self, i: usize) -> String {
+        format!("journal.{i}")
+    }
+}
