@@ -10,7 +10,9 @@
 //!   flight; a DUP publish resends the same message under the same id; a PUBREL is only
 //!   sent for a publish in flight;
 //! - a `SubAck` event answers a SUBSCRIBE in progress and names that SUBSCRIBE's filters;
-//! - everything transmitted decodes with rumqttc's codec as client packets, to the last byte.
+//! - everything transmitted decodes with rumqttc's codec as client packets, to the last byte;
+//! - the recorded changes replay to the snapshot (what a crash-resume journal of them
+//!   resumes is what the session holds).
 #![no_main]
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use arbitrary::Arbitrary;
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mqtt_responder::mqtt::packet::Publish;
-use mqtt_responder::mqtt::session::{Event, PublishToken, Session, SessionConfig};
+use mqtt_responder::mqtt::session::{Event, PublishToken, Session, SessionConfig, SessionState};
 use mqtt_responder::vocabulary::MessageId;
 use mqtt_responder::vocabulary::Secret;
 use mqtt_responder::vocabulary::{Protocol, QoS};
@@ -551,6 +553,7 @@ fn run(input: Input) {
         will: None,
         manual_acks: input.manual_acks,
         clean_first: input.clean_first,
+        record_changes: true,
     };
     let mut now = Instant::now();
     let mut s = Session::new(config.clone(), now);
@@ -558,6 +561,8 @@ fn run(input: Input) {
     let mut rx = BytesMut::new();
     let mut published = 0u64;
     let mut up = false;
+    let mut replayed = SessionState::default();
+    let mut changes = Vec::new();
 
     for op in input.ops.iter().take(256) {
         let mut feed = BytesMut::new();
@@ -690,6 +695,9 @@ fn run(input: Input) {
                 m.transmit(&mut s, v5);
                 let state = s.snapshot();
                 s = Session::restore(config.clone(), state, now);
+                // What the journal holds from here on starts with the restored session.
+                changes.clear();
+                replayed = s.snapshot();
                 up = false;
                 rx.clear();
                 m.subscribing.clear();
@@ -714,5 +722,11 @@ fn run(input: Input) {
         }
         m.events(&mut s);
         m.transmit(&mut s, v5);
+        s.take_changes(&mut changes);
+        for change in changes.drain(..) {
+            replayed.apply(change);
+        }
+        replayed.set_counters(s.counters());
+        assert_eq!(replayed, s.snapshot(), "the changes replay to the snapshot");
     }
 }

@@ -4,13 +4,13 @@
 //! An append-only log of small records (a command received, a reply handed to the
 //! session, an acknowledgement, the UUID, draining): the daemon writes everything a loop
 //! turn changed as one frame, in one write, before the packets it guards leave, so the log
-//! always runs ahead of the wire and SIGKILL at any instant loses nothing. Two files take
+//! always runs ahead of the wire and SIGKILL at any instant loses nothing. Three files take
 //! turns ([`store`]): each starts with a snapshot of the whole [`RunState`] and goes on with
-//! the changes since. Past [`COMPACT_AT`] bytes the daemon writes a snapshot afresh — over
-//! the same file while nothing in it has been fsynced yet, into the other file once it has —
-//! so the file holding the last durable state is never overwritten before a newer one is
-//! durable. fsync runs at most once a second (and once more when the run goes quiet):
-//! power loss can undo at most the last second, never leave a state that was not.
+//! the changes since. Past [`COMPACT_AT`] bytes the daemon starts afresh with a snapshot in
+//! a file that is neither the one being written (the newest state: a SIGKILL inside the
+//! snapshot's write must find it whole) nor the one last fsynced (the durable state: so
+//! must a power loss). fsync runs at most once a second (and once more when the run goes
+//! quiet): power loss can undo at most the last second, never leave a state that was not.
 //!
 //! Recovery ([`recover`]) takes the newest whole snapshot and the whole frames after it; a
 //! write cut short or damage after them is a WARN, and resuming goes on from what is whole.
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::mqtt::session::{Change, Counters, SessionState};
 use crate::vocabulary::QoS;
 use codec::{Kind, Tail};
-use store::{DiskStore, Store};
+use store::{DiskStore, FILES, Store};
 
 /// How often the journal is fsynced at most.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -135,15 +135,15 @@ pub struct Recovered {
     pub state: Option<RunState>,
     /// The file it came from.
     pub file: Option<usize>,
-    /// The highest epoch in either file: the next snapshot's must be above it.
+    /// The highest epoch in any file: the next snapshot's must be above it.
     pub epoch: u64,
     /// What was wrong with the files (each a WARN).
     pub warnings: Vec<String>,
 }
 
-/// Reads the newest whole state out of the two files' bytes (`None`: no such file; `names`
-/// for the warnings). Never fails: what cannot be read is a warning.
-pub fn recover(files: [Option<&[u8]>; 2], names: [&str; 2]) -> Recovered {
+/// Reads the newest whole state out of the files' bytes (`None`: no such file; `names` for
+/// the warnings). Never fails: what cannot be read is a warning.
+pub fn recover(files: [Option<&[u8]>; FILES], names: [&str; FILES]) -> Recovered {
     let mut found = Recovered::default();
     let mut candidates = Vec::new();
     for (i, bytes) in files.iter().enumerate() {
@@ -163,7 +163,7 @@ pub fn recover(files: [Option<&[u8]>; 2], names: [&str; 2]) -> Recovered {
             }
         }
     }
-    // Newest first; an unreadable snapshot falls back to the other file.
+    // Newest first; an unreadable snapshot falls back to the next newest.
     candidates.sort_by_key(|(epoch, ..)| std::cmp::Reverse(*epoch));
     for (_, i, frames, tail) in candidates {
         let name = names[i];
@@ -283,19 +283,19 @@ impl<S: Store> Journal<S> {
 
     /// The state a previous process left for this client and broker, if any: not one older
     /// than a session lives, nor one of another client or broker (each with a WARN). The
-    /// next snapshot goes into the other file, so that this one stays until it is durable.
+    /// next snapshot goes into another file, so that this one stays until it is durable.
     pub fn load(&mut self) -> Option<RunState> {
-        let mut bytes: [Option<Vec<u8>>; 2] = [None, None];
+        let mut bytes: [Option<Vec<u8>>; FILES] = Default::default();
         for (i, slot) in bytes.iter_mut().enumerate() {
             match self.store.read(i) {
                 Ok(b) => *slot = b,
                 Err(e) => tracing::warn!("cannot read {}: {e}; ignored", self.store.name(i)),
             }
         }
-        let names = [self.store.name(0), self.store.name(1)];
+        let names: [String; FILES] = std::array::from_fn(|i| self.store.name(i));
         let found = recover(
-            [bytes[0].as_deref(), bytes[1].as_deref()],
-            [&names[0], &names[1]],
+            std::array::from_fn(|i| bytes[i].as_deref()),
+            std::array::from_fn(|i| names[i].as_str()),
         );
         for warning in &found.warnings {
             tracing::warn!("{warning}");
@@ -377,14 +377,12 @@ impl<S: Store> Journal<S> {
         self.write(self.active, now);
     }
 
-    /// Starts a file afresh with the whole `state`: the file being written, while nothing in
-    /// it is durable yet, or else the other one.
+    /// Starts a file afresh with the whole `state`: one that holds neither the newest state
+    /// (the file being written) nor the durable one.
     pub fn snapshot(&mut self, state: &RunState, now: Instant) {
-        let target = if self.durable == Some(self.active) {
-            1 - self.active
-        } else {
-            self.active
-        };
+        let target = (0..FILES)
+            .find(|i| *i != self.active && Some(*i) != self.durable)
+            .unwrap_or_default();
         self.buf.clear();
         codec::write_header(&mut self.buf);
         let encoded = codec::write_frame(&mut self.buf, Kind::Snapshot, self.epoch + 1, |out| {

@@ -1,5 +1,5 @@
-//! Where the journal's two files live: [`DiskStore`] in `session.state_dir`, [`MemStore`]
-//! in memory (tests, and a model of what a power loss leaves).
+//! Where the journal's [`FILES`] files live: [`DiskStore`] in `session.state_dir`,
+//! [`MemStore`] in memory (tests, and a model of what a power loss leaves).
 //!
 //! The files are written in place at offsets and never renamed or truncated while a run
 //! lasts: each is created once at [`PREALLOCATED`] bytes of zeros, so that an fdatasync of
@@ -15,7 +15,12 @@ use std::time::SystemTime;
 /// The size each journal file is created at.
 pub const PREALLOCATED: usize = 80 * 1024;
 
-/// The journal's two files, by index 0 and 1.
+/// How many files the journal takes turns with: the one being written (the newest state,
+/// which SIGKILL must not find half overwritten), the one last fsynced (the state a power
+/// loss must not find half overwritten) and one to start afresh in.
+pub const FILES: usize = 3;
+
+/// The journal's files, by index `0..FILES`.
 pub trait Store {
     /// The whole content of file `i`, `None` when it does not exist.
     fn read(&mut self, i: usize) -> io::Result<Option<Vec<u8>>>;
@@ -23,7 +28,7 @@ pub trait Store {
     fn write_at(&mut self, i: usize, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes what was written to file `i` durable.
     fn sync(&mut self, i: usize) -> io::Result<()>;
-    /// Removes both files, durably.
+    /// Removes the files, durably.
     fn remove(&mut self) -> io::Result<()>;
     /// When file `i` was last written, by the file system's clock.
     fn modified(&self, i: usize) -> Option<SystemTime>;
@@ -31,11 +36,11 @@ pub trait Store {
     fn name(&self, i: usize) -> String;
 }
 
-/// The journal's files in a directory: `journal.0` and `journal.1`.
+/// The journal's files in a directory: `journal.0`, `journal.1`, `journal.2`.
 #[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
-    open: [Option<File>; 2],
+    open: [Option<File>; FILES],
 }
 
 impl DiskStore {
@@ -43,7 +48,7 @@ impl DiskStore {
     pub fn new(dir: &Path) -> DiskStore {
         DiskStore {
             dir: dir.to_owned(),
-            open: [None, None],
+            open: Default::default(),
         }
     }
 
@@ -96,8 +101,8 @@ impl Store for DiskStore {
     }
 
     fn remove(&mut self) -> io::Result<()> {
-        self.open = [None, None];
-        for i in 0..2 {
+        self.open = Default::default();
+        for i in 0..FILES {
             match fs::remove_file(self.path(i)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -116,14 +121,14 @@ impl Store for DiskStore {
     }
 }
 
-/// The two files in memory, with what of them is durable: [`MemStore::power_loss`] leaves
+/// The files in memory, with what of them is durable: [`MemStore::power_loss`] leaves
 /// what the last syncs made durable.
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     /// What a read sees (the page cache).
-    pub files: [Option<Vec<u8>>; 2],
+    pub files: [Option<Vec<u8>>; FILES],
     /// What the last sync of each made durable.
-    pub durable: [Option<Vec<u8>>; 2],
+    pub durable: [Option<Vec<u8>>; FILES],
     /// Writes made, for tests that count them.
     pub writes: usize,
     /// The last write: file, offset, length.

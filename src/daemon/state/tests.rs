@@ -164,8 +164,8 @@ impl Run {
 
 fn recovered(store: &MemStore) -> Recovered {
     recover(
-        [store.files[0].as_deref(), store.files[1].as_deref()],
-        ["journal.0", "journal.1"],
+        std::array::from_fn(|i| store.files[i].as_deref()),
+        ["journal.0", "journal.1", "journal.2"],
     )
 }
 
@@ -200,6 +200,44 @@ fn every_turn_of_a_stream_resumes_to_what_the_process_held_through_compactions()
     }
 }
 
+/// Cuts the last write that turned `before` into `after` at every byte, as SIGKILL inside
+/// it or a power loss does: each cut resumes the state before that turn (with a WARN once
+/// the cut changed a byte), or after it once the frame is whole.
+fn assert_every_cut_resumes(
+    (before_store, before): (&MemStore, &RunState),
+    (after_store, after): (&MemStore, &RunState),
+) {
+    let (file, offset, len) = after_store.last_write.unwrap();
+    let empty = Vec::new();
+    let old = before_store.files[file].as_ref().unwrap_or(&empty);
+    let new = after_store.files[file].as_ref().unwrap();
+    for cut in 0..len {
+        let mut torn = before_store.clone();
+        let bytes = torn.files[file].get_or_insert_with(|| vec![0; store::PREALLOCATED]);
+        bytes[offset..offset + cut].copy_from_slice(&new[offset..offset + cut]);
+        let found = recovered(&torn);
+        let frame = offset..offset + len - codec::TERMINATOR.len();
+        if torn.files[file].as_ref().unwrap()[frame.clone()] == new[frame] {
+            // The frame is whole (the old bytes after the cut happen to be the new ones).
+            assert_eq!(found.state.as_ref(), Some(after), "cut at {cut}");
+            continue;
+        }
+        assert_eq!(found.state.as_ref(), Some(before), "cut at {cut}");
+        if offset > 0 {
+            // A cut inside a frame appended to a file is seen (the old terminator is
+            // overwritten); one that stops before it changed a byte is not.
+            let changed = old.get(offset..offset + cut) != Some(&new[offset..offset + cut]);
+            assert_eq!(
+                !found.warnings.is_empty(),
+                changed,
+                "cut at {cut}: {:?}",
+                found.warnings
+            );
+        }
+    }
+    assert_eq!(recovered(after_store).state.as_ref(), Some(after));
+}
+
 #[test]
 fn a_write_cut_short_anywhere_resumes_the_turn_before_it_with_a_warning() {
     let mut run = Run::new();
@@ -208,44 +246,51 @@ fn a_write_cut_short_anywhere_resumes_the_turn_before_it_with_a_warning() {
     for pkid in 1..=3 {
         run.command(pkid, &mut |_| {});
     }
-    let before_store = run.journal.store().clone();
-    let before = run.state();
-    // The next command's first turn (the command and its reply), cut at every byte.
-    let mut after_store = None;
-    let mut after = None;
+    let mut before = (run.journal.store().clone(), run.state());
+    let mut turns = Vec::new();
     run.command(4, &mut |run: &Run| {
-        if after.is_none() {
-            after_store = Some(run.journal.store().clone());
-            after = Some(run.state());
-        }
+        let after = (run.journal.store().clone(), run.state());
+        turns.push((before.clone(), after.clone()));
+        before = after;
     });
-    let (after_store, after) = (after_store.unwrap(), after.unwrap());
-    let (file, offset, len) = after_store.last_write.unwrap();
-    for cut in 0..len {
-        let mut torn = before_store.clone();
-        let new = after_store.files[file].as_ref().unwrap();
-        torn.files[file].as_mut().unwrap()[offset..offset + cut]
-            .copy_from_slice(&new[offset..offset + cut]);
-        let found = recovered(&torn);
-        if cut >= len - codec::TERMINATOR.len() {
-            // The frame is whole, and the preallocated zeros after it end the file.
-            assert_eq!(found.state.as_ref(), Some(&after), "cut at {cut}");
-            assert!(found.warnings.is_empty(), "{:?}", found.warnings);
-            continue;
-        }
-        assert_eq!(found.state.as_ref(), Some(&before), "cut at {cut}");
-        // A cut inside the new frame is seen (the old terminator is overwritten); one that
-        // stops before it changed a byte is not.
-        let changed = new[offset..offset + cut]
-            != before_store.files[file].as_ref().unwrap()[offset..offset + cut];
-        assert_eq!(
-            !found.warnings.is_empty(),
-            changed,
-            "cut at {cut}: {:?}",
-            found.warnings
-        );
+    for ((before_store, before), (after_store, after)) in &turns {
+        assert_every_cut_resumes((before_store, before), (after_store, after));
     }
-    assert_eq!(recovered(&after_store).state, Some(after));
+}
+
+#[test]
+fn a_compaction_cut_short_anywhere_resumes_the_state_before_it() {
+    let mut run = Run::new();
+    run.change(RunChange::Uuid(Some("u".into())));
+    run.turn();
+    let mut before = (run.journal.store().clone(), run.state());
+    let mut compactions = Vec::new();
+    for i in 0..400u16 {
+        run.command(i % 100 + 1, &mut |run: &Run| {
+            let after = (run.journal.store().clone(), run.state());
+            if after.0.last_write.is_some_and(|(_, offset, _)| offset == 0) {
+                compactions.push((before.clone(), after.clone()));
+            }
+            before = after;
+        });
+        // Syncs now and then: compactions go into the file being written and into the
+        // other one.
+        if i % 50 == 0 {
+            run.now += SYNC_INTERVAL;
+        }
+    }
+    let files: std::collections::BTreeSet<usize> = compactions
+        .iter()
+        .map(|(_, (store, _))| store.last_write.unwrap().0)
+        .collect();
+    assert!(
+        compactions.len() >= 4 && files.len() >= 2,
+        "{} compactions",
+        compactions.len()
+    );
+    for ((before_store, before), (after_store, after)) in compactions.iter().take(6) {
+        assert_every_cut_resumes((before_store, before), (after_store, after));
+    }
 }
 
 #[test]
@@ -311,10 +356,10 @@ fn load_refuses_another_client_and_resumes_its_own() {
     let store = run.journal.store().clone();
     let mut own = Journal::new(store.clone(), "c", "127.0.0.1:1883");
     assert_eq!(own.load(), Some(run.state()));
-    // The next snapshot goes to the other file, leaving this one until it is durable.
+    // The next snapshot goes to another file, leaving this one until it is durable.
     let from = recovered(&store).file.unwrap();
     own.snapshot(&run.state(), run.now);
-    assert_eq!(own.store().last_write.unwrap().0, 1 - from);
+    assert_ne!(own.store().last_write.unwrap().0, from);
     assert_eq!(
         Journal::new(store.clone(), "other", "127.0.0.1:1883").load(),
         None
@@ -350,12 +395,17 @@ fn the_disk_store_keeps_its_size_and_clears_durably() {
         journal.append(Counters::default(), &[], &[RunChange::Draining(true)], now);
     }
     let size = |i| std::fs::metadata(dir.path().join(format!("journal.{i}"))).map(|m| m.len());
-    assert_eq!(size(0).unwrap(), store::PREALLOCATED as u64);
+    let sizes: Vec<u64> = (0..3).filter_map(|i| size(i).ok()).collect();
+    assert_eq!(
+        sizes,
+        [store::PREALLOCATED as u64],
+        "one file, at its preallocated size"
+    );
     let mut again = Journal::in_dir(dir.path(), "c", "b");
     let mut expected = state.clone();
     expected.draining = true;
     assert_eq!(again.load(), Some(expected));
     journal.clear();
-    assert!(size(0).is_err() && size(1).is_err());
+    assert!((0..3).all(|i| size(i).is_err()));
     assert_eq!(Journal::in_dir(dir.path(), "c", "b").load(), None);
 }
