@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4;
 use support::raw::{self, RawV4};
-use support::{Mosquitto, send_signal, wait_until, write_config};
+use support::{Mosquitto, free_port, send_signal, wait_until, write_config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-responder");
 const UUID: &str = "6533a9a8-5b52-4ccb-95c1-4b75383d5c38";
@@ -317,6 +317,56 @@ fn notify_ready_after_login_status_watchdog_and_stopping() {
     notify.wait("STOPPING=1", |l| l == "STOPPING=1");
     assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
     assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines);
+}
+
+/// A broker (or the Wi-Fi) down at boot: READY=1 as soon as the first attempt has failed,
+/// so `systemctl start` returns and boot goes on; the 5th failed attempt in a row is a WARN
+/// with the cause; a broker started later on that port is logged in to, same process.
+#[test]
+fn a_broker_down_at_start_is_ready_at_once_warns_on_the_5th_failure_and_is_reached_later() {
+    let builder = require_mosquitto!();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-down";
+    let toml = config(port, user, "").replace("max_attempts = 20", "max_attempts = 0");
+    let path = write_config(dir.path(), &toml);
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut daemon = Daemon::spawn(&path, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+
+    let ready = notify.wait("READY=1", |l| l == "READY=1");
+    let reconnecting = notify.wait("STATUS=reconnecting", |l| {
+        l.starts_with("STATUS=reconnecting in")
+    });
+    assert!(ready <= reconnecting + 1, "{:?}", notify.lines);
+    assert!(!daemon.log().contains("logged in"), "{}", daemon.log());
+    // Attempts 1-4 are INFO, the 5th is the first WARN (the 15th the next).
+    daemon.wait_for_log("(5 failed attempts in a row)");
+    let log = daemon.log();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("(5 failed attempts in a row)"))
+        .unwrap();
+    assert!(
+        warn.contains("WARN") && warn.contains(&format!("127.0.0.1:{port}")),
+        "{warn}"
+    );
+    // Up to that WARN (more attempts may have failed since): four INFO retries before it.
+    let retries: Vec<&str> = log
+        .lines()
+        .take_while(|l| !l.contains("(5 failed attempts in a row)"))
+        .filter(|l| l.contains("reconnecting in"))
+        .collect();
+    assert_eq!(retries.len(), 4, "{log}");
+    assert!(retries.iter().all(|l| l.contains("INFO")), "{retries:#?}");
+
+    // The broker comes up: the same process connects and logs in.
+    let broker = builder.port(port).start().unwrap();
+    let mut peer = Peer::connect(broker.port(), "peer-down", None);
+    peer.subscribe("login");
+    daemon.wait_for_log("logged in, waiting for the UUID");
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines);
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
 }
 
 #[test]
@@ -879,12 +929,14 @@ fn a_state_file_older_than_a_session_is_not_resumed() {
     state.uuid = Some(UUID.to_owned());
     journal.snapshot(&state, Instant::now());
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(25 * 3600);
-    fs::File::options()
-        .write(true)
-        .open(state_dir.join("journal.0"))
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    for i in 0..3 {
+        if let Ok(file) = fs::File::options()
+            .write(true)
+            .open(state_dir.join(format!("journal.{i}")))
+        {
+            file.set_modified(long_ago).unwrap();
+        }
+    }
     assert_eq!(
         Journal::in_dir(&state_dir, &cfg.broker.client_id, &broker_addr).load(),
         None,

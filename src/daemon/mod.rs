@@ -136,11 +136,21 @@ pub async fn run(
             Next::ConnectNow => quiet = matches!(end, End::Purged),
             Next::Finish(outcome) => break outcome,
             Next::RetryAfter { delay, attempt } => {
+                // A broker or network down at boot must not fail the unit's start or hold
+                // up boot (SPEC §6): ready once the first attempt has failed, if not before.
+                app.notifier.ready();
                 let line = format!(
                     "reconnecting in {} ms (attempt {attempt}): {cause}",
                     delay.as_millis()
                 );
-                if verdict.tls == Some(TlsNews::Repeated) {
+                if verdict.streak_is_news() {
+                    tracing::warn!(
+                        broker = %addr,
+                        reconnect_attempt = attempt,
+                        "{line} ({} failed attempts in a row)",
+                        verdict.failures
+                    );
+                } else if verdict.tls == Some(TlsNews::Repeated) {
                     // Said as an ERROR already; WARN keeps it visible without an ERROR per
                     // attempt.
                     tracing::warn!(broker = %addr, reconnect_attempt = attempt, "{line}");

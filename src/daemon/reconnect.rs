@@ -106,6 +106,15 @@ pub struct Verdict {
     pub failures: u32,
 }
 
+impl Verdict {
+    /// Whether the failure streak has reached a length an operator must see at WARN
+    /// (SPEC §2): the 5th failed attempt in a row and every 10th after it (15th, 25th, …);
+    /// the others stay INFO, so a long outage is visible without a WARN per attempt.
+    pub fn streak_is_news(&self) -> bool {
+        self.failures >= 5 && (self.failures - 5) % 10 == 0
+    }
+}
+
 /// The reconnect policy of one run.
 #[derive(Debug)]
 pub struct ReconnectPolicy {
@@ -524,6 +533,18 @@ mod tests {
             "reset before CONNACK was read"
         );
         assert_eq!(w.lost(SHORT, true, None), Some((3, false)));
+    }
+
+    #[test]
+    fn the_5th_failure_in_a_row_and_every_10th_after_it_are_news() {
+        let verdict = |failures| Verdict {
+            next: Next::ConnectNow,
+            takeover: None,
+            tls: None,
+            failures,
+        };
+        let news: Vec<u32> = (0..50).filter(|n| verdict(*n).streak_is_news()).collect();
+        assert_eq!(news, [5, 15, 25, 35, 45]);
     }
 
     #[test]

@@ -45,7 +45,8 @@ impl Notifier {
         }
     }
 
-    /// READY=1, once: the daemon is connected, subscribed and logged in.
+    /// READY=1, once: the daemon is connected, subscribed and logged in, or its first
+    /// connection attempt failed (a broker down at boot must not fail the unit's start).
     pub fn ready(&mut self) {
         if !self.ready {
             self.ready = true;
