@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::reconnect::{Context, Outcome};
 use crate::config::{self, Config};
 use crate::daemon::presence::{Farewell, Presence, Snapshot, WillChange, WillTrouble};
+use crate::daemon::state::store::{DiskStore, Store};
 use crate::daemon::state::{Journal, RunChange, RunState, SavedReply};
 use crate::daemon::systemd::Notifier;
 use crate::driver::{self, App, End};
@@ -27,8 +28,10 @@ use rustc_hash::FxHashMap;
 /// (`drain_timeout_secs = 0`): on a live link that is well under a millisecond.
 const FAREWELL_MIN: Duration = Duration::from_secs(1);
 
-/// The responder wired to a session: maps replies to the tokens the session hands out.
-pub(super) struct ResponderApp {
+/// The responder wired to a session: maps replies to the tokens the session hands out. The
+/// journal's files are `S` ([`DiskStore`] in the daemon; in memory in tests, which drive
+/// the whole app without a socket or a disk).
+pub(super) struct ResponderApp<S: Store = DiskStore> {
     pub(super) responder: Responder,
     /// The bound on the offline record's acknowledgement after the completion message.
     drain_timeout: Duration,
@@ -56,7 +59,7 @@ pub(super) struct ResponderApp {
     /// READY=1 is due once the pending packets (the login) are written.
     ready_owed: bool,
     /// The crash-resume journal, when `session.state_dir` is set.
-    pub(super) journal: Option<Journal>,
+    pub(super) journal: Option<Journal<S>>,
     /// What the journal holds of the run beyond replies, to journal what changes.
     journaled: Journaled,
     /// The turn's changes, for the journal (buffers kept across turns).
@@ -83,8 +86,8 @@ struct Reply {
     sent: Instant,
 }
 
-impl ResponderApp {
-    pub(super) fn new(config: &Config, logging: Option<Logging>, now: Instant) -> ResponderApp {
+impl<S: Store> ResponderApp<S> {
+    pub(super) fn new(config: &Config, logging: Option<Logging>, now: Instant) -> ResponderApp<S> {
         ResponderApp {
             responder: fresh_responder(config),
             drain_timeout: config.session.responder.drain_timeout,
@@ -608,7 +611,7 @@ impl ResponderApp {
     }
 }
 
-impl App for ResponderApp {
+impl<S: Store> App for ResponderApp<S> {
     fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
         match event {
             Event::Connected {
@@ -815,42 +818,4 @@ fn fresh_responder(config: &Config) -> Responder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connack_refusals_of_the_will_are_told_apart() {
-        assert_eq!(
-            will_trouble(WILL_RETAIN_REFUSED),
-            Some(WillTrouble::RetainRefused)
-        );
-        assert_eq!(
-            will_trouble(WILL_QOS_REFUSED),
-            Some(WillTrouble::QosRefused)
-        );
-        assert_eq!(will_trouble("banned"), None);
-    }
-
-    #[test]
-    fn the_online_record_is_sent_again_when_the_uuid_or_then_the_qos_changes() {
-        let q = |n| Some(QoS::try_from(n).unwrap());
-        assert!(
-            !online_stale(None, true, q(2)),
-            "nothing sent: the refresh decides"
-        );
-        assert!(
-            !online_stale(Some((false, None)), false, q(2)),
-            "QoS alone waits"
-        );
-        assert!(
-            online_stale(Some((false, None)), true, q(2)),
-            "the UUID arrived"
-        );
-        assert!(!online_stale(Some((true, q(2))), true, q(2)));
-        assert!(
-            online_stale(Some((true, q(2))), true, q(1)),
-            "a SUBACK lowered it"
-        );
-        assert!(online_stale(Some((true, None)), true, q(0)), "now known");
-    }
-}
+mod tests;
