@@ -44,6 +44,15 @@ fn main() -> ExitCode {
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
+    // Everything `run` checks before it connects, `check-config` checks too (the TLS files:
+    // a CA file without a certificate parses as a path but cannot build a TLS client).
+    let endpoint = match Endpoint::new(&config.broker) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!("config error in {}: {e}", config.source.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             print!("{}", config.to_redacted_toml());
@@ -51,7 +60,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             logging.configure(config.log.format, &config.log.level);
-            run(&config, logging)
+            run(&config, &endpoint, logging)
         }
         Command::Demo(_) | Command::Examine(_) => unreachable!("handled before the config"),
     }
@@ -66,15 +75,8 @@ fn demo_options(args: &DemoArgs) -> demo::DemoOptions {
     }
 }
 
-fn run(config: &Config, logging: logging::Logging) -> ExitCode {
-    let endpoint = match Endpoint::new(&config.broker) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::error!("config error in {}: {e}", config.source.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    match serve(config, &endpoint, logging) {
+fn run(config: &Config, endpoint: &Endpoint, logging: logging::Logging) -> ExitCode {
+    match serve(config, endpoint, logging) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::error!("{e:#}; exiting");

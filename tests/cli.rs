@@ -85,6 +85,39 @@ fn config_errors_exit_78_naming_file_and_key() {
     }
 }
 
+/// What `run` checks before it connects, `check-config` checks too: a CA file that holds no
+/// certificate, a password that MQTT 3.1.1 cannot send.
+#[test]
+fn check_config_refuses_what_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let cases = [
+        (
+            format!(
+                "[broker]\nhost = \"127.0.0.1\"\n[broker.tls]\nca_file = \"{}\"\n\
+                 [session]\nuser_id = \"1\"\n",
+                ca.display()
+            ),
+            "broker.tls.ca_file",
+        ),
+        (
+            "[broker]\npassword = \"pw\"\n[session]\nuser_id = \"1\"\n".to_owned(),
+            "broker.password: a password without broker.username",
+        ),
+    ];
+    for (toml, key) in cases {
+        let path = write_config(dir.path(), &toml);
+        for sub in ["run", "check-config"] {
+            let out = run(&[sub, "--config", path.to_str().unwrap()], &[]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(78), "{sub} {toml:?}: {err}");
+            assert!(err.contains(key), "{sub} should name {key}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
+    }
+}
+
 #[test]
 fn missing_config_file_exits_78() {
     let out = run(&["--config", "/nonexistent/mqtt-responder.toml"], &[]);
@@ -118,7 +151,10 @@ fn check_config_prints_effective_config_without_secrets() {
 
     // The same from the environment, and through a password file.
     let env_secret = "env-Secret-123";
-    let path = write_config(dir.path(), "[session]\nuser_id = \"42\"\n");
+    let path = write_config(
+        dir.path(),
+        "[broker]\nusername = \"alice\"\n[session]\nuser_id = \"42\"\n",
+    );
     let out = run(
         &["check-config", "--config", path.to_str().unwrap()],
         &[("MQTT_RESPONDER__BROKER__PASSWORD", env_secret)],
@@ -133,7 +169,7 @@ fn check_config_prints_effective_config_without_secrets() {
     let pw_file = dir.path().join("pw");
     std::fs::write(&pw_file, format!("{secret}\n")).unwrap();
     let toml = format!(
-        "[broker]\npassword_file = \"{}\"\n[session]\nuser_id = \"42\"\n",
+        "[broker]\nusername = \"alice\"\npassword_file = \"{}\"\n[session]\nuser_id = \"42\"\n",
         pw_file.display()
     );
     let path = write_config(dir.path(), &toml);

@@ -115,12 +115,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("password");
         std::fs::write(&pw, format!("{SECRET}\n")).unwrap();
-        let from_file = format!("{USER}broker.password = \"{SECRET}\"\n");
-        let from_password_file = format!("{USER}broker.password_file = {pw:?}\n");
+        let from_file = format!("{USER_LOGIN}broker.password = \"{SECRET}\"\n");
+        let from_password_file = format!("{USER_LOGIN}broker.password_file = {pw:?}\n");
         for (content, vars) in [
             (from_file.as_str(), vec![]),
             (from_password_file.as_str(), vec![]),
-            (USER, vec![("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]),
+            (
+                USER_LOGIN,
+                vec![("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)],
+            ),
         ] {
             let config = load_env(content, &vars).unwrap();
             assert_eq!(config.broker.password.as_ref().unwrap().expose(), SECRET);

@@ -4,6 +4,15 @@
 
 use std::path::Path;
 
+/// How the configuration file is kept, as the .deb installs it: the service (a dynamic
+/// user in the `mqtt-responder-config` group) must still read it, so not `chmod 600`.
+pub const CONFIG_ADVICE: &str = "make it root:mqtt-responder-config, mode 0640 (chgrp \
+     mqtt-responder-config, chmod 640), as the .deb installs it";
+
+/// How a password file is kept: root's alone, handed to the service by systemd.
+pub const PASSWORD_FILE_ADVICE: &str = "make it root:root, mode 0600, and hand it to the \
+     service with LoadCredential=, as the shipped unit does";
+
 /// Warnings for passwords that other local users can read: the configuration file when it
 /// holds `broker.password` itself, and the `password_file`.
 pub(super) fn permission_warnings(
@@ -21,7 +30,7 @@ pub(super) fn permission_warnings(
         if let Some(mode) = readable_by_others(path) {
             warnings.push(format!(
                 "{} holds broker.password and is readable by other users (mode {mode:04o}); \
-                 chmod 600 it",
+                 {CONFIG_ADVICE}",
                 path.display()
             ));
         }
@@ -30,7 +39,7 @@ pub(super) fn permission_warnings(
         if let Some(mode) = readable_by_others(file) {
             warnings.push(format!(
                 "{} (broker.password_file) is readable by other users (mode {mode:04o}); \
-                 chmod 600 it",
+                 {PASSWORD_FILE_ADVICE}",
                 file.display()
             ));
         }
@@ -61,7 +70,7 @@ mod tests {
 
     #[test]
     fn passwords_readable_by_others_draw_a_warning() {
-        let content = format!("{USER}broker.password = \"{SECRET}\"\n");
+        let content = format!("{USER_LOGIN}broker.password = \"{SECRET}\"\n");
         let (_dir, path) = file(&content);
         let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -72,8 +81,9 @@ mod tests {
             warnings,
             [format!(
                 "{} holds broker.password and is readable by other users (mode 0644); \
-                 chmod 600 it",
-                path.display()
+                 {}",
+                path.display(),
+                super::CONFIG_ADVICE
             )]
         );
         assert!(!warnings[0].contains(SECRET));
@@ -89,13 +99,14 @@ mod tests {
         let pw = dir.path().join("password");
         std::fs::write(&pw, SECRET).unwrap();
         std::fs::set_permissions(&pw, Permissions::from_mode(0o604)).unwrap();
-        let (_dir3, path) = file(&format!("{USER}broker.password_file = {pw:?}\n"));
+        let (_dir3, path) = file(&format!("{USER_LOGIN}broker.password_file = {pw:?}\n"));
         let (_, warnings) = load_with_env(&path, Vec::new()).unwrap();
         assert_eq!(
             warnings,
             [format!(
-                "{} (broker.password_file) is readable by other users (mode 0604); chmod 600 it",
-                pw.display()
+                "{} (broker.password_file) is readable by other users (mode 0604); {}",
+                pw.display(),
+                super::PASSWORD_FILE_ADVICE
             )]
         );
     }

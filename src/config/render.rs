@@ -198,7 +198,7 @@ mod tests {
         ));
         assert_eq!(base.restart_needed(&same), Vec::<String>::new());
         let changed = ok(&format!(
-            "{USER}broker.port = 1884\nbroker.password = \"{SECRET}\"\nsession.qos = 1\n\
+            "{USER_LOGIN}broker.port = 1884\nbroker.password = \"{SECRET}\"\nsession.qos = 1\n\
              [broker.tls]\n[log]\nformat = \"json\"\n"
         ));
         let keys = base.restart_needed(&changed);

@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_numbers_strings_and_the_password() {
-        let (_dir, path) = file(USER);
+        let (_dir, path) = file(USER_LOGIN);
         let vars = env(&[
             ("MQTT_RESPONDER__SESSION__QOS", "1"),
             ("MQTT_RESPONDER__BROKER__HOST", "broker.example.org"),

@@ -10,6 +10,8 @@ use super::{Config, ConfigError, Session, from_toml, load_with_env};
 
 pub(super) const USER: &str = "session.user_id = \"2547841\"\n";
 pub(super) const SECRET: &str = "s3cr3t-Pa55w0rd";
+/// `session.user_id` and a broker user name: a password needs one over MQTT 3.1.1.
+pub(super) const USER_LOGIN: &str = "session.user_id = \"2547841\"\nbroker.username = \"pi\"\n";
 
 /// A config file with `content` in a fresh directory, mode 0600.
 pub(super) fn file(content: &str) -> (tempfile::TempDir, PathBuf) {

@@ -370,6 +370,20 @@ fn broker(
                 format_args!("too long, expected at most {MAX_MQTT_STRING} bytes"),
             ));
         }
+        // MQTT 3.1.1 (§3.1.2.9) has no password without a user name: it would never be
+        // sent, and the broker would see an anonymous client. MQTT 5 sends it alone.
+        if protocol == Protocol::V311 && username.is_none() && !password.is_empty() {
+            let key = if password_file.is_some() {
+                "broker.password_file"
+            } else {
+                "broker.password"
+            };
+            return Err(check.problem(
+                key,
+                "a password without broker.username: MQTT 3.1.1 sends a password only with \
+                 a user name; set broker.username (or protocol = \"5\", which sends it alone)",
+            ));
+        }
     }
 
     let keep_alive = b.keep_alive_secs;
@@ -871,7 +885,10 @@ mod tests {
         let pw = dir.path().join("password");
         std::fs::write(&pw, content).unwrap();
         std::fs::set_permissions(&pw, Permissions::from_mode(0o600)).unwrap();
-        let toml = format!("{USER}broker.password_file = {:?}\n", pw.to_str().unwrap());
+        let toml = format!(
+            "{USER_LOGIN}broker.password_file = {:?}\n",
+            pw.to_str().unwrap()
+        );
         load_env(&toml, &[])
     }
 
@@ -909,6 +926,28 @@ mod tests {
         let message = err_env(&content, &[("MQTT_RESPONDER__BROKER__PASSWORD", SECRET)]);
         assert!(message.contains("are both set"), "{message}");
         assert!(!message.contains(SECRET));
+    }
+
+    #[test]
+    fn a_password_without_a_user_name_is_an_error_over_3_1_1_and_sent_over_5() {
+        for key in ["password = \"pw\"", "password_file = \"/etc/hostname\""] {
+            let message = err(&format!("{USER}broker.{key}\n"));
+            let name = key.split(' ').next().unwrap();
+            assert!(
+                message.starts_with(&format!(
+                    "broker.{name}: a password without broker.username"
+                )),
+                "{message}"
+            );
+        }
+        let config = ok(&format!(
+            "{USER}broker.protocol = \"5\"\nbroker.password = \"pw\"\n"
+        ));
+        assert_eq!(config.broker.username, None);
+        assert_eq!(
+            config.broker.password.map(|p| p.expose().to_owned()),
+            Some("pw".into())
+        );
     }
 
     #[test]

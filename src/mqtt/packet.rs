@@ -479,10 +479,9 @@ fn to_v5(packet: &Packet) -> v5::Packet {
                     None,
                 )
             });
-            let login = c
-                .username
-                .as_ref()
-                .map(|user| v5::Login::new(user.clone(), password(c)));
+            // MQTT 5 (§3.1.2.9) also sends a password without a user name.
+            let login = (c.username.is_some() || c.password.is_some())
+                .then(|| v5::Login::new(c.username.clone().unwrap_or_default(), password(c)));
             v5::Packet::Connect(connect, will, login)
         }
         Packet::Publish(p) => {
@@ -725,6 +724,43 @@ mod tests {
             response_topic: None,
             correlation_data: None,
         }
+    }
+
+    #[test]
+    fn an_mqtt5_connect_carries_a_password_without_a_user_name() {
+        let connect = |username: Option<&str>, password: Option<&str>| {
+            let mut buf = BytesMut::new();
+            Packet::Connect(Box::new(Connect {
+                client_id: "c".into(),
+                clean_start: true,
+                keep_alive: 30,
+                username: username.map(str::to_owned),
+                password: password.map(|p| Secret::new(p.to_owned())),
+                will: None,
+                session_expiry: None,
+                receive_maximum: None,
+                max_packet_size: None,
+            }))
+            .write(Protocol::V5, &mut buf)
+            .unwrap();
+            let v5::Packet::Connect(_, _, login) = v5::Packet::read(&mut buf, None).unwrap() else {
+                panic!("not a CONNECT");
+            };
+            login.map(|l| (l.username, l.password))
+        };
+        assert_eq!(
+            connect(None, Some("pw")),
+            Some((String::new(), "pw".into()))
+        );
+        assert_eq!(
+            connect(Some("pi"), Some("pw")),
+            Some(("pi".into(), "pw".into()))
+        );
+        assert_eq!(
+            connect(Some("pi"), None),
+            Some(("pi".into(), String::new()))
+        );
+        assert_eq!(connect(None, None), None);
     }
 
     #[test]
