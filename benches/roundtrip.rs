@@ -3,7 +3,9 @@
 //! `cargo bench --bench roundtrip`; after `--`: `--json` (a JSON document on stdout),
 //! `--quick` (a short smoke run), `--reps N` (default 3), `--taskset[=B,L,R]` (pin broker,
 //! load and responder to CPUs; default 0,1,1), `--stock` (exactly Debian's mosquitto
-//! settings, see below), `--binary PATH` (drive that daemon binary), `--no-build`. It
+//! settings, see below), `--binary PATH` (drive that daemon binary), `--no-build`,
+//! `--soak[=N]` (also the soak below; N commands, default 1,000,000), `--state-base PATH`
+//! (where the journal's state directories go), `--allow-tmpfs`. It
 //!
 //! * starts `mosquitto` on a free loopback port with Debian's stock settings plus
 //!   `set_tcp_nodelay true` (`--stock` leaves that out: every QoS 1/2 round trip then waits
@@ -25,8 +27,31 @@
 //!   binary with `--trivial-responder`), the same [`Answerer`] alone on its own connection
 //!   in the daemon's place. The daemon against it is the cost of the daemon's logic alone;
 //!   the floor against it is the cost of a second process and connection;
-//! * repeats every case, daemon, floor and trivial responder interleaved (who goes first
-//!   rotates), and prints medians with the min–max spread and the daemon's figures as ratios.
+//! * measures the **journal** (issue 13): the same daemon with `session.state_dir` on, as the
+//!   shipped systemd unit runs it (`StateDirectory=`), as its own row at every QoS, compared
+//!   with the daemon with it off in the same run (throughput ≥ 0.9×, p50 ≤ 1.2×, CPU per
+//!   command ≤ 1.5×). Each run gets a fresh state directory under
+//!   `<target>/bench-journal-state` (or `--state-base`), which must be on a real disk: the
+//!   bench prints its file system type and refuses tmpfs or ramfs (`--allow-tmpfs` runs
+//!   anyway, with a warning), where no byte would reach a disk;
+//! * reads, for every daemon run, `write_bytes` of `/proc/PID/io` (bytes the process caused
+//!   to be written to the storage layer, counted when it dirties the page cache) when the
+//!   last reply arrives, before the examiner's completion message goes out: per run and per
+//!   command, and per 20,000 commands of the QoS 2 throughput runs (target ≤ 1 MiB);
+//! * a **steady-rate** run, once: 10 QoS 2 commands a second for 60 s (10 s with `--quick`)
+//!   with the journal on, the disk bytes from the first command to the last reply per
+//!   minute (target ≤ 1 MiB/min). The examiner paces it ([`Paced`]: window 1, each reply
+//!   handed to the examiner at the next tick of a 100 ms clock counted from the first
+//!   command, so command k goes out at tick k); the timer is the workload, not a
+//!   synchronisation;
+//! * with `--soak`, the **soak**: 1,000,000 QoS 2 commands (window 20) with the journal on,
+//!   the daemon's VmRSS sampled every 10,000 replies; the curve is printed and the verdict
+//!   is the RSS at the end within 1 MiB of the RSS after the first 10,000. It takes a few
+//!   minutes, so it is opt-in: `cargo bench --bench roundtrip -- --soak` (the default run
+//!   still has the journal rows, the disk figures and the steady run);
+//! * repeats every case, daemon, journal, floor and trivial responder interleaved (who goes
+//!   first rotates), and prints medians with the min–max spread and the daemon's figures as
+//!   ratios.
 //!
 //! # One connection for the floor, and whether that is fair
 //! "Talking to itself" is one client: the examiner's commands come back to its own socket,
