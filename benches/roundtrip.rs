@@ -309,6 +309,14 @@ struct RunResult {
     write_bytes: Option<u64>,
     /// The same, from the first command to the last reply only.
     write_bytes_cmds: Option<u64>,
+    /// `cancelled_write_bytes` over the same stretch as `write_bytes`: dirty pages the
+    /// process dropped before they were written back (a file replaced or truncated in
+    /// time), so `write_bytes - cancelled` is closer to what the disk saw.
+    cancelled_bytes: Option<u64>,
+    /// Sectors written to the state directory's block device, all processes, from the
+    /// first command to the last reply, in bytes (`/sys/class/block/DEV/stat`): the file
+    /// system's own journal and metadata included, other writers too (for information).
+    device_bytes_cmds: Option<u64>,
     /// VmRSS (KiB) after every `rss_every` replies (the soak): (replies, KiB, seconds since
     /// the first command).
     rss_curve: Vec<(usize, u64, f64)>,
@@ -366,11 +374,26 @@ impl Target {
     /// `write_bytes` from `/proc/PID/io`: what the process caused to be written to the
     /// storage layer (page cache pages it dirtied, counted when dirtied).
     fn write_bytes(self) -> Option<u64> {
+        self.io_field("write_bytes:")
+    }
+
+    fn cancelled_write_bytes(self) -> Option<u64> {
+        self.io_field("cancelled_write_bytes:")
+    }
+
+    fn io_field(self, key: &str) -> Option<u64> {
         let Target::Process(pid) = self else {
             return None;
         };
-        status_field(&format!("/proc/{pid}/io"), "write_bytes:")
+        status_field(&format!("/proc/{pid}/io"), key)
     }
+}
+
+/// Bytes written to a block device so far: field 7 of its `stat`, in 512-byte sectors.
+fn device_written(stat: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 fn status_field(path: &str, key: &str) -> Option<u64> {
@@ -409,6 +432,12 @@ struct Probe {
     hwm_kib: Option<u64>,
     write_start: Option<u64>,
     write_end: Option<u64>,
+    cancelled_end: Option<u64>,
+    /// The state directory's block device's `stat` file, and its bytes written at the first
+    /// command and at the last reply.
+    device_stat: Option<PathBuf>,
+    device_start: Option<u64>,
+    device_end: Option<u64>,
     /// Sample VmRSS after every this many replies (`None`: never).
     rss_every: Option<usize>,
     rss_curve: Vec<(usize, u64, f64)>,
@@ -428,6 +457,10 @@ impl Probe {
             hwm_kib: None,
             write_start: None,
             write_end: None,
+            cancelled_end: None,
+            device_stat: None,
+            device_start: None,
+            device_end: None,
             rss_every: None,
             rss_curve: Vec::new(),
         }
@@ -442,6 +475,7 @@ impl Probe {
                 self.first_command_at = Some(Instant::now());
                 self.cpu_start = self.target.cpu_ticks();
                 self.write_start = self.target.write_bytes();
+                self.device_start = self.device_stat.as_deref().and_then(device_written);
             }
             Note::Reply { .. } => {
                 self.answered += 1;
@@ -461,6 +495,8 @@ impl Probe {
                     self.cpu_end = self.target.cpu_ticks();
                     self.hwm_kib = self.target.hwm_kib();
                     self.write_end = self.target.write_bytes();
+                    self.cancelled_end = self.target.cancelled_write_bytes();
+                    self.device_end = self.device_stat.as_deref().and_then(device_written);
                 }
             }
             _ => {}
@@ -496,6 +532,8 @@ struct StateBase {
     dir: PathBuf,
     /// The file system type there (`findmnt`, else `stat -f`).
     fstype: String,
+    /// Its block device's `stat` file in /sys, if found.
+    device_stat: Option<PathBuf>,
 }
 
 impl StateBase {
@@ -517,7 +555,17 @@ impl StateBase {
             }
             eprintln!("roundtrip: WARNING: {what}; running anyway (--allow-tmpfs)");
         }
-        Ok(StateBase { dir, fstype })
+        let device_stat = findmnt(&dir, "SOURCE")
+            .and_then(|source| {
+                let name = Path::new(&source).file_name()?.to_owned();
+                Some(Path::new("/sys/class/block").join(name).join("stat"))
+            })
+            .filter(|stat| device_written(stat).is_some());
+        Ok(StateBase {
+            dir,
+            fstype,
+            device_stat,
+        })
     }
 
     /// A fresh, empty state directory for one run.
@@ -531,17 +579,26 @@ impl StateBase {
     }
 }
 
+/// The output of `cmd`, trimmed, if it succeeded with some.
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// `findmnt`'s `column` for the file system `path` is on.
+fn findmnt(path: &Path, column: &str) -> Option<String> {
+    output_of(
+        Command::new("findmnt")
+            .args(["-n", "-o", column, "-T"])
+            .arg(path),
+    )
+}
+
 /// The file system type `path` is on.
 fn fs_type(path: &Path) -> Option<String> {
-    let run = |cmd: &mut Command| -> Option<String> {
-        let out = cmd.stderr(Stdio::null()).output().ok()?;
-        let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-        (out.status.success() && !s.is_empty()).then_some(s)
-    };
-    run(Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE", "-T"])
-        .arg(path))
-    .or_else(|| run(Command::new("stat").args(["-f", "-c", "%T"]).arg(path)))
+    findmnt(path, "FSTYPE")
+        .or_else(|| output_of(Command::new("stat").args(["-f", "-c", "%T"]).arg(path)))
 }
 
 /// The target directory this bench was built into (`<target>/release/deps/roundtrip-…`).
@@ -686,6 +743,11 @@ fn real_main() -> Result<()> {
     let stripped = stripped_size(&bench.binary, bench.dir.path());
     let report = Report {
         fstype: bench.state.fstype.clone(),
+        device: bench
+            .state
+            .device_stat
+            .as_ref()
+            .map(|p| p.display().to_string()),
         steady: steady.ok(),
         soak: soak.and_then(Result::ok),
         machine,
@@ -811,6 +873,9 @@ impl Bench {
         let endpoint = endpoint(&exam.connection)?;
         let mut probe = Probe::new(n);
         probe.rss_every = rss_every;
+        if who == Who::Journal {
+            probe.device_stat = self.state.device_stat.clone();
+        }
         let probe = Rc::new(RefCell::new(probe));
         // The journal's directory: a fresh one per run on the real disk, removed after.
         let state_dir = match who {
@@ -912,6 +977,11 @@ impl Bench {
                 _ => None,
             },
             rss_curve: probe.rss_curve.clone(),
+            cancelled_bytes: probe.cancelled_end,
+            device_bytes_cmds: match (probe.device_start, probe.device_end) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
         };
         Ok((result, examined.idle))
     }
@@ -1956,6 +2026,8 @@ struct Verdict {
 struct Report {
     /// The file system of the journal's state directories.
     fstype: String,
+    /// Its block device's stat file.
+    device: Option<String>,
     /// The steady-rate run (journal on, QoS 2, paced).
     steady: Option<RunResult>,
     /// The soak, with `--soak`.
@@ -2263,7 +2335,8 @@ impl Report {
         let _ = writeln!(
             s,
             "\ndisk writes (write_bytes of /proc/PID/io, process start to the last reply, read \
-             before the completion message goes out); journal | daemon (state_dir off)"
+             before the completion message goes out; cancelled_write_bytes: of those, dirty \
+             pages dropped before writeback); journal | daemon (state_dir off)"
         );
         for mode in [Mode::Latency, Mode::Throughput] {
             let n = match mode {
@@ -2275,10 +2348,16 @@ impl Report {
                     .disk(mode, qos, Who::Journal)
                     .map_or("—".to_owned(), |(m, _, _)| format!("{:.0}", m / n as f64));
                 let label = format!("QoS {qos} {} N = {n}", mode.name());
+                let cancelled = spread(
+                    self.runs(mode, qos, Who::Journal)
+                        .iter()
+                        .filter_map(|r| r.cancelled_bytes.map(|b| b as f64)),
+                );
                 let _ = writeln!(
                     s,
-                    "  {label:<26} {:>30} B = {per_cmd:>6} B/cmd | {} B",
+                    "  {label:<26} {:>30} B = {per_cmd:>6} B/cmd (cancelled {:>9} B) | {} B",
                     fmt3(self.disk(mode, qos, Who::Journal), 0),
+                    cancelled.map_or("—".to_owned(), |(m, _, _)| format!("{m:.0}")),
                     fmt3(self.disk(mode, qos, Who::Daemon), 0),
                 );
             }
@@ -2288,17 +2367,25 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  steady {} QoS 2 commands at {STEADY_RATE}/s, journal on: {:.1} s, {:.2} \
-                     cmd/s; {} B from the first command to the last reply ({} B since start) \
-                     = {:.0} B/min, {:.0} B/cmd; missing {} dup {}",
+                     cmd/s; {} B from the first command to the last reply ({} B since start, \
+                     cancelled {} B) = {:.0} B/min, {:.0} B/cmd; missing {} dup {}\n  \
+                     steady, the whole device {} (all writers, file system journal included, \
+                     for information): {} over the same stretch",
                     r.n,
                     secs,
                     r.per_sec,
                     r.write_bytes_cmds.unwrap_or(0),
                     r.write_bytes.unwrap_or(0),
+                    r.cancelled_bytes.unwrap_or(0),
                     per_min,
                     r.write_bytes_cmds.unwrap_or(0) as f64 / r.n as f64,
                     r.missing,
                     r.duplicates,
+                    self.device.as_deref().unwrap_or("—"),
+                    r.device_bytes_cmds.map_or("—".to_owned(), |b| format!(
+                        "{b} B = {:.0} B/min",
+                        b as f64 / secs * 60.0
+                    )),
                 );
             }
             _ => {
@@ -2599,6 +2686,8 @@ fn run_json(r: &RunResult) -> Value {
         "cpu_per_10k_s": r.cpu_per_10k, "peak_rss_kib": r.hwm_kib,
         "ready_ms": r.ready_ms.is_finite().then_some(r.ready_ms),
         "write_bytes": r.write_bytes, "write_bytes_commands": r.write_bytes_cmds,
+        "cancelled_write_bytes": r.cancelled_bytes,
+        "device_bytes_commands": r.device_bytes_cmds,
         "rss_curve": r.rss_curve.iter().map(|(n, kib, t)| json!({
             "replies": n, "rss_kib": kib, "secs": t,
         })).collect::<Vec<_>>(),
