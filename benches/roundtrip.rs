@@ -3,7 +3,9 @@
 //! `cargo bench --bench roundtrip`; after `--`: `--json` (a JSON document on stdout),
 //! `--quick` (a short smoke run), `--reps N` (default 3), `--taskset[=B,L,R]` (pin broker,
 //! load and responder to CPUs; default 0,1,1), `--stock` (exactly Debian's mosquitto
-//! settings, see below), `--binary PATH` (drive that daemon binary), `--no-build`. It
+//! settings, see below), `--binary PATH` (drive that daemon binary), `--no-build`,
+//! `--soak[=N]` (also the soak below; N commands, default 1,000,000), `--state-base PATH`
+//! (where the journal's state directories go), `--allow-tmpfs`. It
 //!
 //! * starts `mosquitto` on a free loopback port with Debian's stock settings plus
 //!   `set_tcp_nodelay true` (`--stock` leaves that out: every QoS 1/2 round trip then waits
@@ -25,8 +27,31 @@
 //!   binary with `--trivial-responder`), the same [`Answerer`] alone on its own connection
 //!   in the daemon's place. The daemon against it is the cost of the daemon's logic alone;
 //!   the floor against it is the cost of a second process and connection;
-//! * repeats every case, daemon, floor and trivial responder interleaved (who goes first
-//!   rotates), and prints medians with the min–max spread and the daemon's figures as ratios.
+//! * measures the **journal** (issue 13): the same daemon with `session.state_dir` on, as the
+//!   shipped systemd unit runs it (`StateDirectory=`), as its own row at every QoS, compared
+//!   with the daemon with it off in the same run (throughput ≥ 0.9×, p50 ≤ 1.2×, CPU per
+//!   command ≤ 1.5×). Each run gets a fresh state directory under
+//!   `<target>/bench-journal-state` (or `--state-base`), which must be on a real disk: the
+//!   bench prints its file system type and refuses tmpfs or ramfs (`--allow-tmpfs` runs
+//!   anyway, with a warning), where no byte would reach a disk;
+//! * reads, for every daemon run, `write_bytes` of `/proc/PID/io` (bytes the process caused
+//!   to be written to the storage layer, counted when it dirties the page cache) when the
+//!   last reply arrives, before the examiner's completion message goes out: per run and per
+//!   command, and per 20,000 commands of the QoS 2 throughput runs (target ≤ 1 MiB);
+//! * a **steady-rate** run, once: 10 QoS 2 commands a second for 60 s (10 s with `--quick`)
+//!   with the journal on, the disk bytes from the first command to the last reply per
+//!   minute (target ≤ 1 MiB/min). The examiner paces it ([`Paced`]: window 1, each reply
+//!   handed to the examiner at the next tick of a 100 ms clock counted from the first
+//!   command, so command k goes out at tick k); the timer is the workload, not a
+//!   synchronisation;
+//! * with `--soak`, the **soak**: 1,000,000 QoS 2 commands (window 20) with the journal on,
+//!   the daemon's VmRSS sampled every 10,000 replies; the curve is printed and the verdict
+//!   is the RSS at the end within 1 MiB of the RSS after the first 10,000. It takes a few
+//!   minutes, so it is opt-in: `cargo bench --bench roundtrip -- --soak` (the default run
+//!   still has the journal rows, the disk figures and the steady run);
+//! * repeats every case, daemon, journal, floor and trivial responder interleaved (who goes
+//!   first rotates), and prints medians with the min–max spread and the daemon's figures as
+//!   ratios.
 //!
 //! # One connection for the floor, and whether that is fair
 //! "Talking to itself" is one client: the examiner's commands come back to its own socket,
@@ -53,7 +78,7 @@
 //! apart are what to read.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -73,7 +98,7 @@ use mqtt_responder::driver::{self, App};
 use mqtt_responder::mqtt::session::{Event, Session};
 use mqtt_responder::peer::runner::{self, Companion, Examination};
 use mqtt_responder::protocol::examiner::Report as ExaminerReport;
-use mqtt_responder::protocol::examiner::{ExaminerSettings, Note};
+use mqtt_responder::protocol::examiner::{Action, Examiner, ExaminerSettings, Note, Phase};
 use mqtt_responder::transport::Endpoint;
 use mqtt_responder::vocabulary::{Protocol, QoS};
 
@@ -99,6 +124,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const ANSWERING_LINE: &str = "answering commands";
 /// From "answering commands" to the start of the idle window.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// The steady-rate run's rate (commands/s, QoS 2, the journal on).
+const STEADY_RATE: u32 = 10;
+/// The soak's commands (`--soak`), and how often it samples VmRSS.
+const SOAK_COMMANDS: usize = 1_000_000;
+const SOAK_RSS_EVERY: usize = 10_000;
+/// The issue's targets for the daemon with `state_dir` on.
+const DISK_PER_20K_TARGET: f64 = 1_048_576.0;
+const DISK_PER_MIN_TARGET: f64 = 1_048_576.0;
+const SOAK_RSS_GROWTH_TARGET_KIB: f64 = 1024.0;
 /// The first argument that makes this binary the trivial responder process.
 const TRIVIAL_ARG: &str = "--trivial-responder";
 
@@ -114,6 +148,12 @@ struct Options {
     build: bool,
     /// CPUs for broker, load (examiner) and responder.
     taskset: Option<[usize; 3]>,
+    /// Commands of the soak (`--soak[=N]`); `None`: no soak.
+    soak: Option<usize>,
+    /// Where the journal's state directories go (`--state-base PATH`).
+    state_base: Option<PathBuf>,
+    /// Run the journal on tmpfs anyway (`--allow-tmpfs`), said loudly.
+    allow_tmpfs: bool,
 }
 
 impl Options {
@@ -126,6 +166,9 @@ impl Options {
             reps: 0,
             build: true,
             taskset: None,
+            soak: None,
+            state_base: None,
+            allow_tmpfs: false,
         };
         let mut args = std::env::args().skip(1);
         // Bounded: one argument per iteration.
@@ -136,6 +179,17 @@ impl Options {
                 "--stock" => o.stock = true,
                 "--no-build" => o.build = false,
                 "--taskset" => o.taskset = Some([0, 1, 1]),
+                "--soak" => o.soak = Some(SOAK_COMMANDS),
+                "--allow-tmpfs" => o.allow_tmpfs = true,
+                "--state-base" => {
+                    let path = args
+                        .next()
+                        .ok_or_else(|| anyhow!("--state-base needs a path"))?;
+                    o.state_base = Some(PathBuf::from(path));
+                }
+                s if s.starts_with("--soak=") => {
+                    o.soak = Some(s["--soak=".len()..].parse().context("--soak=N")?);
+                }
                 "--binary" => {
                     let path = args
                         .next()
@@ -180,6 +234,11 @@ impl Options {
     fn idle_window(&self) -> Duration {
         Duration::from_secs(if self.quick { 2 } else { 10 })
     }
+
+    /// The steady-rate run: `STEADY_RATE` commands a second for this long.
+    fn steady_secs(&self) -> u64 {
+        if self.quick { 10 } else { 60 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,6 +260,9 @@ impl Mode {
 enum Who {
     /// The release daemon, driven by the examiner.
     Daemon,
+    /// The same daemon with `session.state_dir` on (its crash-resume journal), on a real
+    /// disk: the shipped systemd unit's configuration.
+    Journal,
     /// The issue's floor: the examiner's peer answering its own commands.
     Floor,
     /// The second reference: the trivial responder process in the daemon's place.
@@ -208,11 +270,12 @@ enum Who {
 }
 
 impl Who {
-    const ALL: [Who; 3] = [Who::Daemon, Who::Floor, Who::Trivial];
+    const ALL: [Who; 4] = [Who::Daemon, Who::Journal, Who::Floor, Who::Trivial];
 
     fn name(self) -> &'static str {
         match self {
             Who::Daemon => "daemon",
+            Who::Journal => "journal",
             Who::Floor => "floor",
             Who::Trivial => "trivial",
         }
@@ -240,6 +303,23 @@ struct RunResult {
     hwm_kib: Option<u64>,
     /// From process start to the login arriving at the examiner (NaN for the floor).
     ready_ms: f64,
+    /// `write_bytes` of the responder process (`/proc/PID/io`: bytes it caused to be sent
+    /// to the storage layer) from its start to the last reply, read before the completion
+    /// message goes out.
+    write_bytes: Option<u64>,
+    /// The same, from the first command to the last reply only.
+    write_bytes_cmds: Option<u64>,
+    /// `cancelled_write_bytes` over the same stretch as `write_bytes`: dirty pages the
+    /// process dropped before they were written back (a file replaced or truncated in
+    /// time), so `write_bytes - cancelled` is closer to what the disk saw.
+    cancelled_bytes: Option<u64>,
+    /// Sectors written to the state directory's block device, all processes, from the
+    /// first command to the last reply, in bytes (`/sys/class/block/DEV/stat`): the file
+    /// system's own journal and metadata included, other writers too (for information).
+    device_bytes_cmds: Option<u64>,
+    /// VmRSS (KiB) after every `rss_every` replies (the soak): (replies, KiB, seconds since
+    /// the first command).
+    rss_curve: Vec<(usize, u64, f64)>,
 }
 
 /// The idle measurement of one daemon run.
@@ -283,6 +363,37 @@ impl Target {
         };
         status_field(&format!("/proc/{pid}/status"), "VmHWM:")
     }
+
+    fn rss_kib(self) -> Option<u64> {
+        let Target::Process(pid) = self else {
+            return None;
+        };
+        status_field(&format!("/proc/{pid}/status"), "VmRSS:")
+    }
+
+    /// `write_bytes` from `/proc/PID/io`: what the process caused to be written to the
+    /// storage layer (page cache pages it dirtied, counted when dirtied).
+    fn write_bytes(self) -> Option<u64> {
+        self.io_field("write_bytes:")
+    }
+
+    fn cancelled_write_bytes(self) -> Option<u64> {
+        self.io_field("cancelled_write_bytes:")
+    }
+
+    fn io_field(self, key: &str) -> Option<u64> {
+        let Target::Process(pid) = self else {
+            return None;
+        };
+        status_field(&format!("/proc/{pid}/io"), key)
+    }
+}
+
+/// Bytes written to a block device so far: field 7 of its `stat`, in 512-byte sectors.
+fn device_written(stat: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 fn status_field(path: &str, key: &str) -> Option<u64> {
@@ -319,6 +430,17 @@ struct Probe {
     cpu_start: Option<u64>,
     cpu_end: Option<u64>,
     hwm_kib: Option<u64>,
+    write_start: Option<u64>,
+    write_end: Option<u64>,
+    cancelled_end: Option<u64>,
+    /// The state directory's block device's `stat` file, and its bytes written at the first
+    /// command and at the last reply.
+    device_stat: Option<PathBuf>,
+    device_start: Option<u64>,
+    device_end: Option<u64>,
+    /// Sample VmRSS after every this many replies (`None`: never).
+    rss_every: Option<usize>,
+    rss_curve: Vec<(usize, u64, f64)>,
 }
 
 impl Probe {
@@ -333,6 +455,14 @@ impl Probe {
             cpu_start: None,
             cpu_end: None,
             hwm_kib: None,
+            write_start: None,
+            write_end: None,
+            cancelled_end: None,
+            device_stat: None,
+            device_start: None,
+            device_end: None,
+            rss_every: None,
+            rss_curve: Vec::new(),
         }
     }
 
@@ -344,18 +474,44 @@ impl Probe {
             Note::Command { .. } if self.first_command_at.is_none() => {
                 self.first_command_at = Some(Instant::now());
                 self.cpu_start = self.target.cpu_ticks();
+                self.write_start = self.target.write_bytes();
+                self.device_start = self.device_stat.as_deref().and_then(device_written);
             }
             Note::Reply { .. } => {
                 self.answered += 1;
-                self.last_reply_at = Some(Instant::now());
+                let now = Instant::now();
+                self.last_reply_at = Some(now);
+                if self
+                    .rss_every
+                    .is_some_and(|every| self.answered % every == 0)
+                    && let (Some(kib), Some(first)) = (self.target.rss_kib(), self.first_command_at)
+                {
+                    let secs = (now - first).as_secs_f64();
+                    self.rss_curve.push((self.answered, kib, secs));
+                }
+                // The observer sees the last reply before the examiner's completion message
+                // is written: the daemon is still running.
                 if self.answered == self.expected {
                     self.cpu_end = self.target.cpu_ticks();
                     self.hwm_kib = self.target.hwm_kib();
+                    self.write_end = self.target.write_bytes();
+                    self.cancelled_end = self.target.cancelled_write_bytes();
+                    self.device_end = self.device_stat.as_deref().and_then(device_written);
                 }
             }
             _ => {}
         }
     }
+}
+
+/// What a run may do beyond the usual: sample VmRSS (the soak), pace the commands (the
+/// steady-rate run).
+#[derive(Debug, Clone, Copy, Default)]
+struct Extra {
+    /// Sample VmRSS after every this many replies.
+    rss_every: Option<usize>,
+    /// One command per this period (window 1; see [`Paced`]).
+    paced: Option<Duration>,
 }
 
 /// Everything a run needs.
@@ -367,6 +523,91 @@ struct Bench {
     clk_tck: f64,
     runtime: tokio::runtime::Runtime,
     run_no: u32,
+    state: StateBase,
+}
+
+/// Where the journal's runs keep their state directories: a real disk, not tmpfs (which
+/// would hide every byte the journal writes), by default `<target>/bench-journal-state`.
+struct StateBase {
+    dir: PathBuf,
+    /// The file system type there (`findmnt`, else `stat -f`).
+    fstype: String,
+    /// Its block device's `stat` file in /sys, if found.
+    device_stat: Option<PathBuf>,
+}
+
+impl StateBase {
+    fn new(opts: &Options) -> Result<StateBase> {
+        let dir = match &opts.state_base {
+            Some(dir) => dir.clone(),
+            None => target_dir()?.join("bench-journal-state"),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let fstype = fs_type(&dir).unwrap_or_else(|| "unknown".to_owned());
+        if matches!(fstype.as_str(), "tmpfs" | "ramfs" | "unknown") {
+            let what = format!(
+                "the journal's state directory {} is on {fstype}: its disk writes would not \
+                 be measured (pass --state-base PATH on a real disk)",
+                dir.display()
+            );
+            if !opts.allow_tmpfs {
+                bail!("{what}; --allow-tmpfs runs anyway");
+            }
+            eprintln!("roundtrip: WARNING: {what}; running anyway (--allow-tmpfs)");
+        }
+        let device_stat = findmnt(&dir, "SOURCE")
+            .and_then(|source| {
+                let name = Path::new(&source).file_name()?.to_owned();
+                Some(Path::new("/sys/class/block").join(name).join("stat"))
+            })
+            .filter(|stat| device_written(stat).is_some());
+        Ok(StateBase {
+            dir,
+            fstype,
+            device_stat,
+        })
+    }
+
+    /// A fresh, empty state directory for one run.
+    fn fresh(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+/// The output of `cmd`, trimmed, if it succeeded with some.
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// `findmnt`'s `column` for the file system `path` is on.
+fn findmnt(path: &Path, column: &str) -> Option<String> {
+    output_of(
+        Command::new("findmnt")
+            .args(["-n", "-o", column, "-T"])
+            .arg(path),
+    )
+}
+
+/// The file system type `path` is on.
+fn fs_type(path: &Path) -> Option<String> {
+    findmnt(path, "FSTYPE")
+        .or_else(|| output_of(Command::new("stat").args(["-f", "-c", "%T"]).arg(path)))
+}
+
+/// The target directory this bench was built into (`<target>/release/deps/roundtrip-…`).
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))
 }
 
 fn main() {
@@ -407,8 +648,10 @@ fn real_main() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("mqtt-responder-bench-")
         .tempdir()?;
+    let state = StateBase::new(&opts)?;
     let broker = BrokerProcess::start(dir.path(), opts.taskset.map(|t| t[0]), opts.stock)?;
     let mut bench = Bench {
+        state,
         clk_tck: clock_ticks(),
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -421,12 +664,15 @@ fn real_main() -> Result<()> {
     };
     let load_before = loadavg();
     eprintln!(
-        "roundtrip: {} on 127.0.0.1:{}; daemon {}; {} repetitions; {}",
+        "roundtrip: {} on 127.0.0.1:{}; daemon {}; {} repetitions; {}; journal runs' \
+         state_dir under {} ({})",
         broker.describe(),
         bench.port,
         bench.binary.display(),
         bench.opts.reps,
-        machine
+        machine,
+        bench.state.dir.display(),
+        bench.state.fstype,
     );
 
     let cases: Vec<(Mode, QoS)> = [Mode::Latency, Mode::Throughput]
@@ -437,7 +683,14 @@ fn real_main() -> Result<()> {
     let mut idles = Vec::new();
     for rep in 0..bench.opts.reps {
         // The idle figure comes from its own daemon run with a long delay.
-        match bench.run(Who::Daemon, Mode::Latency, QoS::ExactlyOnce, 20, true) {
+        match bench.run(
+            Who::Daemon,
+            Mode::Latency,
+            QoS::ExactlyOnce,
+            20,
+            true,
+            Extra::default(),
+        ) {
             Ok((_, idle)) => idles.extend(idle),
             Err(e) => eprintln!("roundtrip: idle run failed: {e:#}"),
         }
@@ -451,11 +704,11 @@ fn real_main() -> Result<()> {
                     Mode::Throughput => bench.opts.throughput_n(),
                 };
                 let (result, _) = bench
-                    .run(who, mode, qos, n, false)
+                    .run(who, mode, qos, n, false, Extra::default())
                     .with_context(|| format!("{} {} QoS {qos}", who.name(), mode.name()))?;
                 eprintln!(
-                    "  rep {}/{} {:10} QoS {} {:6}: p50 {:7.1} µs  p99 {:7.1} µs  {:8.0}/s  \
-                     missing {} dup {}{}",
+                    "  rep {}/{} {:10} QoS {} {:7}: p50 {:7.1} µs  p99 {:7.1} µs  {:8.0}/s  \
+                     missing {} dup {}{}{}",
                     rep + 1,
                     bench.opts.reps,
                     mode.name(),
@@ -466,6 +719,10 @@ fn real_main() -> Result<()> {
                     result.per_sec,
                     result.missing,
                     result.duplicates,
+                    match (who, result.write_bytes) {
+                        (Who::Daemon | Who::Journal, Some(b)) => format!("  disk {b} B"),
+                        _ => String::new(),
+                    },
                     if result.raced { "  RACED" } else { "" }
                 );
                 results
@@ -475,8 +732,24 @@ fn real_main() -> Result<()> {
             }
         }
     }
+    let steady = bench.steady();
+    if let Err(e) = &steady {
+        eprintln!("roundtrip: the steady-rate run failed: {e:#}");
+    }
+    let soak = bench.opts.soak.map(|n| bench.soak(n));
+    if let Some(Err(e)) = &soak {
+        eprintln!("roundtrip: the soak failed: {e:#}");
+    }
     let stripped = stripped_size(&bench.binary, bench.dir.path());
     let report = Report {
+        fstype: bench.state.fstype.clone(),
+        device: bench
+            .state
+            .device_stat
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        steady: steady.ok(),
+        soak: soak.and_then(Result::ok),
         machine,
         broker: broker.describe(),
         load: (load_before, loadavg()),
@@ -495,6 +768,65 @@ fn real_main() -> Result<()> {
 }
 
 impl Bench {
+    /// The steady-rate run: `STEADY_RATE` QoS 2 commands a second for `steady_secs`, the
+    /// journal on, paced by the examiner (see [`Paced`]).
+    fn steady(&mut self) -> Result<RunResult> {
+        let secs = self.opts.steady_secs();
+        let n = (u64::from(STEADY_RATE) * secs) as usize;
+        eprintln!(
+            "roundtrip: steady rate: {n} QoS 2 commands at {STEADY_RATE}/s ({secs} s), \
+             journal on"
+        );
+        let extra = Extra {
+            paced: Some(Duration::from_secs(1) / STEADY_RATE),
+            ..Extra::default()
+        };
+        let (result, _) = self.run(
+            Who::Journal,
+            Mode::Latency,
+            QoS::ExactlyOnce,
+            n,
+            false,
+            extra,
+        )?;
+        eprintln!(
+            "  steady: {:.2} cmd/s, disk {} B over the commands ({} B since start), missing {} \
+             dup {}",
+            result.per_sec,
+            result.write_bytes_cmds.unwrap_or(0),
+            result.write_bytes.unwrap_or(0),
+            result.missing,
+            result.duplicates
+        );
+        Ok(result)
+    }
+
+    /// The soak: `n` QoS 2 commands (window 20) with the journal on, VmRSS sampled every
+    /// `SOAK_RSS_EVERY` replies.
+    fn soak(&mut self, n: usize) -> Result<RunResult> {
+        eprintln!("roundtrip: soak: {n} QoS 2 commands, window {THROUGHPUT_WINDOW}, journal on");
+        let extra = Extra {
+            rss_every: Some(SOAK_RSS_EVERY),
+            ..Extra::default()
+        };
+        let (result, _) = self.run(
+            Who::Journal,
+            Mode::Throughput,
+            QoS::ExactlyOnce,
+            n,
+            false,
+            extra,
+        )?;
+        eprintln!(
+            "  soak: {:.0} cmd/s, missing {} dup {}, VmRSS {} samples",
+            result.per_sec,
+            result.missing,
+            result.duplicates,
+            result.rss_curve.len()
+        );
+        Ok(result)
+    }
+
     /// One examination against the daemon, the floor or the trivial responder. With `idle`
     /// (daemon only), the examiner waits `idle_window` + 1.5 s before the first command and
     /// the daemon's context switches are counted over `idle_window` once it is answering.
@@ -505,7 +837,9 @@ impl Bench {
         qos: QoS,
         n: usize,
         idle: bool,
+        extra: Extra,
     ) -> Result<(RunResult, Option<Idle>)> {
+        let Extra { rss_every, paced } = extra;
         self.run_no += 1;
         let user_id = format!("bench{}x{}", std::process::id(), self.run_no);
         let window = match mode {
@@ -537,20 +871,32 @@ impl Bench {
             gate: None,
         };
         let endpoint = endpoint(&exam.connection)?;
-        let probe = Rc::new(RefCell::new(Probe::new(n)));
+        let mut probe = Probe::new(n);
+        probe.rss_every = rss_every;
+        if who == Who::Journal {
+            probe.device_stat = self.state.device_stat.clone();
+        }
+        let probe = Rc::new(RefCell::new(probe));
+        // The journal's directory: a fresh one per run on the real disk, removed after.
+        let state_dir = match who {
+            Who::Journal => Some(self.state.fresh(&user_id)?),
+            _ => None,
+        };
         let examined = match who {
             Who::Floor => {
                 let mut observe = |note: &Note| probe.borrow_mut().note(note);
                 self.runtime
                     .block_on(self_talk(&endpoint, exam, &user_id, &mut observe))?
             }
-            Who::Daemon | Who::Trivial => {
+            Who::Daemon | Who::Journal | Who::Trivial => {
                 let mut cmd = match who {
-                    Who::Daemon => {
+                    Who::Daemon | Who::Journal => {
                         let mut cmd = Command::new(&self.binary);
-                        cmd.arg("run")
-                            .arg("--config")
-                            .arg(self.daemon_config(&user_id, qos)?);
+                        cmd.arg("run").arg("--config").arg(self.daemon_config(
+                            &user_id,
+                            qos,
+                            state_dir.as_deref(),
+                        )?);
                         cmd
                     }
                     _ => {
@@ -569,9 +915,13 @@ impl Bench {
                     responder_cpu,
                     &probe,
                     idle.then_some(idle_window),
+                    paced,
                 ))?
             }
         };
+        if let Some(dir) = &state_dir {
+            std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
         let probe = probe.borrow();
         let total = examined.report.totals();
         let us = |q: f64| {
@@ -621,15 +971,35 @@ impl Bench {
             cpu_per_10k,
             hwm_kib: probe.hwm_kib,
             ready_ms,
+            write_bytes: probe.write_end,
+            write_bytes_cmds: match (probe.write_start, probe.write_end) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+            rss_curve: probe.rss_curve.clone(),
+            cancelled_bytes: probe.cancelled_end,
+            device_bytes_cmds: match (probe.device_start, probe.device_end) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
         };
         Ok((result, examined.idle))
     }
 
-    fn daemon_config(&self, user_id: &str, qos: QoS) -> Result<PathBuf> {
+    fn daemon_config(&self, user_id: &str, qos: QoS, state_dir: Option<&Path>) -> Result<PathBuf> {
         let path = self.dir.path().join(format!("{user_id}.toml"));
+        let state_dir = match state_dir {
+            Some(dir) => {
+                let dir = dir
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{} is not UTF-8", dir.display()))?;
+                format!("state_dir = {}\n", Value::from(dir))
+            }
+            None => String::new(),
+        };
         let toml = format!(
             "[broker]\nhost = \"127.0.0.1\"\nport = {}\n\n[session]\nuser_id = \"{user_id}\"\n\
-             qos = {}\n\n[reconnect]\ninitial_delay_ms = 50\nmax_delay_secs = 1\n\
+             qos = {}\n{state_dir}\n[reconnect]\ninitial_delay_ms = 50\nmax_delay_secs = 1\n\
              max_attempts = 5\n\n[log]\nlevel = \"info\"\nformat = \"text\"\n",
             self.port,
             qos.as_u8()
@@ -655,7 +1025,8 @@ struct Examined {
 
 /// Examines a responder process (the daemon or the trivial responder) started with `cmd`
 /// once the examiner listens for logins, then waits (bounded) for it to exit. With
-/// `idle_window`, counts its wake-ups (see [`launch`]).
+/// `idle_window`, counts its wake-ups (see [`launch`]). With `paced`, the examiner is a
+/// [`Paced`] one with that period.
 async fn examine_process(
     endpoint: &Endpoint,
     exam: Examination,
@@ -663,11 +1034,19 @@ async fn examine_process(
     cpu: Option<usize>,
     probe: &Rc<RefCell<Probe>>,
     idle_window: Option<Duration>,
+    paced: Option<Duration>,
 ) -> Result<Examined> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let observer_probe = probe.clone();
     let mut observe = move |_: usize, note: &Note| observer_probe.borrow_mut().note(note);
-    let examination = runner::examine(endpoint, exam, &mut observe, Some(ready_tx));
+    let examination = async {
+        match paced {
+            Some(period) => {
+                paced_examine(endpoint, exam, &mut observe, Some(ready_tx), period).await
+            }
+            None => runner::examine(endpoint, exam, &mut observe, Some(ready_tx)).await,
+        }
+    };
     let launch = async {
         ready_rx
             .await
@@ -801,6 +1180,8 @@ async fn launch(
     let program = PathBuf::from(cmd.get_program());
     cmd.env_remove("RUST_LOG")
         .env_remove("MQTT_RESPONDER_CONFIG")
+        // The daemon's fallback for session.state_dir: only the journal's runs have one.
+        .env_remove("STATE_DIRECTORY")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1061,6 +1442,185 @@ impl App for TrivialResponder {
     }
 }
 
+/// The steady-rate run's examiner: the library's [`Examiner`] alone on its own connection,
+/// with a window of 1, and the bench as its clock: each reply is handed to the examiner at
+/// the next tick of `period` counted from the first command (`first + k × period` for the
+/// k-th reply), and the examiner sends the next command when it gets it. So command k goes
+/// out at tick k, whatever the round trip (as long as it is shorter than `period`): a rate
+/// set by the workload's timer, with no sleep anywhere. Bounded by the examiner's command
+/// count and `deadline`.
+struct Paced<'a> {
+    examiner: Examiner,
+    login_topic: String,
+    period: Duration,
+    /// When the first command went out, and how many replies were handed over since.
+    first_command_at: Option<Instant>,
+    released: u32,
+    /// Replies held until their tick: topic, payload, QoS.
+    held: VecDeque<(String, Bytes, QoS)>,
+    ready: Option<oneshot::Sender<()>>,
+    observe: &'a mut dyn FnMut(usize, &Note),
+    broker_qos: QoS,
+    deadline: Instant,
+    timed_out: bool,
+    disconnect_sent: bool,
+}
+
+impl Paced<'_> {
+    fn next_release(&self) -> Option<Instant> {
+        let first = self.first_command_at?;
+        (!self.held.is_empty()).then(|| first + self.period * (self.released + 1))
+    }
+
+    fn run_actions(&mut self, session: &mut Session, now: Instant) {
+        while let Some(action) = self.examiner.poll_action() {
+            match action {
+                Action::Subscribe { topic, qos } => {
+                    session.subscribe(vec![(topic, qos.min(self.broker_qos))], now);
+                }
+                Action::Publish {
+                    topic,
+                    payload,
+                    qos,
+                    ..
+                } => {
+                    session.publish(runner::publish(topic, payload, qos), now);
+                }
+                Action::Finished => {}
+            }
+        }
+        while let Some(note) = self.examiner.poll_note() {
+            if matches!(note, Note::Command { .. }) && self.first_command_at.is_none() {
+                self.first_command_at = Some(now);
+            }
+            (self.observe)(0, &note);
+        }
+        let done = self.examiner.phase() == Phase::Finished || self.timed_out;
+        if done && session.outstanding() == 0 && !self.disconnect_sent {
+            session.disconnect(now);
+            self.disconnect_sent = true;
+        }
+    }
+}
+
+impl App for Paced<'_> {
+    fn handle_event(&mut self, event: Event, session: &mut Session, now: Instant) {
+        match event {
+            Event::Connected {
+                session_present,
+                caps,
+            } => {
+                self.broker_qos = caps.max_qos;
+                self.examiner
+                    .handle_connected(session_present, caps.max_qos, now);
+            }
+            Event::SubAck { filters, .. } => {
+                for (topic, granted) in filters {
+                    if topic == self.login_topic
+                        && let Some(ready) = self.ready.take()
+                    {
+                        let _ = ready.send(());
+                    }
+                    self.examiner.handle_subscribed(&topic, granted, now);
+                }
+            }
+            Event::Message(m) => {
+                let p = &m.publish;
+                if p.topic != self.login_topic && self.examiner.phase() == Phase::Sending {
+                    self.held
+                        .push_back((p.topic.clone(), p.payload.clone(), p.qos));
+                } else if self.examiner.handles_topic(&p.topic) {
+                    self.examiner
+                        .handle_message(&p.topic, &p.payload, p.qos, now);
+                }
+            }
+            _ => {}
+        }
+        self.run_actions(session, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = (!self.timed_out).then_some(self.deadline);
+        [self.examiner.poll_timeout(), self.next_release(), deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn handle_timeout(&mut self, session: &mut Session, now: Instant) {
+        if now >= self.deadline {
+            self.timed_out = true;
+        }
+        // Bounded: at most the replies held, one per tick that has passed.
+        while self.next_release().is_some_and(|t| now >= t) {
+            if let Some((topic, payload, qos)) = self.held.pop_front() {
+                self.released += 1;
+                self.examiner.handle_message(&topic, &payload, qos, now);
+            }
+        }
+        if self.examiner.poll_timeout().is_some_and(|t| now >= t) {
+            self.examiner.handle_timeout(now);
+        }
+        self.run_actions(session, now);
+    }
+
+    fn handle_shutdown(&mut self, _session: &mut Session, _now: Instant) {}
+
+    fn wants_disconnect(&self) -> bool {
+        self.disconnect_sent
+    }
+}
+
+/// Runs `exam` with one [`Paced`] examiner (see there) on its own connection; `ready` fires
+/// once it listens for logins. No reconnection: the broker is on loopback.
+async fn paced_examine(
+    endpoint: &Endpoint,
+    exam: Examination,
+    observe: &mut dyn FnMut(usize, &Note),
+    ready: Option<oneshot::Sender<()>>,
+    period: Duration,
+) -> Result<runner::Outcome, runner::ExamineError> {
+    let now = Instant::now();
+    let examiner = Examiner::new(exam.settings.clone(), now)
+        .map_err(|e| runner::ExamineError::Settings(e.to_string()))?;
+    let mut session = Session::new(runner::peer_session_config(&exam.connection), now);
+    let mut app = Paced {
+        login_topic: examiner.login_topic().to_owned(),
+        examiner,
+        period,
+        first_command_at: None,
+        released: 0,
+        held: VecDeque::new(),
+        ready,
+        observe,
+        broker_qos: QoS::ExactlyOnce,
+        deadline: now + exam.timeout,
+        timed_out: false,
+        disconnect_sent: false,
+    };
+    let never = CancellationToken::new();
+    let end = driver::open_and_run(
+        endpoint,
+        &mut session,
+        &mut app,
+        runner::CONNACK_TIMEOUT,
+        &never,
+        None,
+    )
+    .await;
+    match end {
+        driver::End::Disconnected => Ok(runner::Outcome {
+            reports: vec![app.examiner.report()],
+            missing_logins: 0,
+            timed_out: app.timed_out,
+            reconnects: 0,
+        }),
+        other => Err(runner::ExamineError::Connection(format!(
+            "the paced examiner's connection ended: {other:?}"
+        ))),
+    }
+}
+
 /// The broker settings of the benchmark's own clients (the examiner, the trivial
 /// responder): the broker on loopback `port`, MQTT 3.1.1, no credentials.
 fn broker(port: u16, client_id: String) -> Broker {
@@ -1091,12 +1651,7 @@ fn release_binary(opts: &Options) -> Result<PathBuf> {
     if let Some(binary) = &opts.binary {
         return Ok(binary.clone());
     }
-    let exe = std::env::current_exe()?;
-    // <target>/release/deps/roundtrip-<hash>
-    let target_dir = exe
-        .ancestors()
-        .nth(3)
-        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let target_dir = target_dir()?;
     let own_dir = target_dir.join("roundtrip-release");
     if opts.build {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -1440,6 +1995,10 @@ const CPU: Metric = Metric {
 const FLOOR_METRICS: [Metric; 5] = [P50, P90, P99, MAX, THROUGHPUT];
 /// What the daemon is compared with the trivial responder process on.
 const TRIVIAL_METRICS: [Metric; 4] = [P50, P99, THROUGHPUT, CPU];
+/// What the daemon with `state_dir` on is compared with the daemon with it off on.
+const JOURNAL_METRICS: [Metric; 4] = [P50, P99, THROUGHPUT, CPU];
+/// The issue's targets for the daemon with `state_dir` on, as ratios to it off (issue 13).
+const JOURNAL_TARGETS: [(Metric, f64); 3] = [(THROUGHPUT, 0.9), (P50, 1.2), (CPU, 1.5)];
 /// Every figure, for the JSON document.
 const ALL_METRICS: [Metric; 6] = [P50, P90, P99, MAX, THROUGHPUT, CPU];
 
@@ -1465,6 +2024,14 @@ struct Verdict {
 }
 
 struct Report {
+    /// The file system of the journal's state directories.
+    fstype: String,
+    /// Its block device's stat file.
+    device: Option<String>,
+    /// The steady-rate run (journal on, QoS 2, paced).
+    steady: Option<RunResult>,
+    /// The soak, with `--soak`.
+    soak: Option<RunResult>,
     machine: String,
     broker: String,
     load: (String, String),
@@ -1482,7 +2049,12 @@ impl Report {
     }
 
     fn row(&self, qos: u8, metric: &Metric, reference: Who) -> Row {
-        let daemon = self.runs(metric.mode, qos, Who::Daemon);
+        self.row_of(Who::Daemon, qos, metric, reference)
+    }
+
+    /// `subject` against `reference`.
+    fn row_of(&self, subject: Who, qos: u8, metric: &Metric, reference: Who) -> Row {
+        let daemon = self.runs(metric.mode, qos, subject);
         let other = self.runs(metric.mode, qos, reference);
         let values = |runs: &[RunResult]| spread(runs.iter().filter_map(metric.get));
         // Repetitions are paired: run i of the daemon and run i of the reference were
@@ -1504,9 +2076,78 @@ impl Report {
 
     /// The worst QoS's best ratio to `reference`.
     fn worst_best(&self, metric: &Metric, reference: Who) -> Option<f64> {
+        self.worst_best_of(Who::Daemon, metric, reference)
+    }
+
+    fn worst_best_of(&self, subject: Who, metric: &Metric, reference: Who) -> Option<f64> {
         (0..=2u8)
-            .filter_map(|q| self.row(q, metric, reference).best)
+            .filter_map(|q| self.row_of(subject, q, metric, reference).best)
             .reduce(|a, b| metric.worse(a, b))
+    }
+
+    /// The journal's ratio targets, judged against the daemon with `state_dir` off, in the
+    /// same style: the best repetition's ratio at the worst QoS, with the worst QoS's median
+    /// ratio beside it for information.
+    fn journal_verdicts(&self) -> Vec<(Verdict, Option<f64>)> {
+        let mut out = Vec::new();
+        for (metric, target) in &JOURNAL_TARGETS {
+            let Some(value) = self.worst_best_of(Who::Journal, metric, Who::Daemon) else {
+                continue;
+            };
+            let median = (0..=2u8)
+                .filter_map(|q| {
+                    self.row_of(Who::Journal, q, metric, Who::Daemon)
+                        .ratio
+                        .map(|r| r.0)
+                })
+                .reduce(|a, b| metric.worse(a, b));
+            let (ok, cmp) = if metric.lower_is_better {
+                (value <= *target, "≤")
+            } else {
+                (value >= *target, "≥")
+            };
+            let verdict = Verdict {
+                what: format!("journal {} {cmp} {target}×", metric.name),
+                value,
+                vs_trivial: None,
+                target: *target,
+                ok,
+            };
+            out.push((verdict, median));
+        }
+        out
+    }
+
+    /// Disk bytes of `who`'s runs of `mode` at `qos` (start to last reply): median, min, max.
+    fn disk(&self, mode: Mode, qos: u8, who: Who) -> Option<(f64, f64, f64)> {
+        spread(
+            self.runs(mode, qos, who)
+                .iter()
+                .filter_map(|r| r.write_bytes.map(|b| b as f64)),
+        )
+    }
+
+    /// The worst QoS 2 throughput run of the journal, in bytes per 20,000 commands.
+    fn disk_per_20k(&self) -> Option<f64> {
+        self.runs(Mode::Throughput, 2, Who::Journal)
+            .iter()
+            .filter_map(|r| Some(r.write_bytes? as f64 / r.n as f64 * 20_000.0))
+            .reduce(f64::max)
+    }
+
+    /// The steady run: seconds from the first command to the last reply, and disk bytes per
+    /// minute over that stretch.
+    fn steady_per_min(&self) -> Option<(f64, f64)> {
+        let r = self.steady.as_ref()?;
+        let secs = r.n as f64 / r.per_sec;
+        let bytes = r.write_bytes_cmds? as f64;
+        (secs.is_finite() && secs > 0.0).then(|| (secs, bytes / secs * 60.0))
+    }
+
+    /// The soak's VmRSS after the first `SOAK_RSS_EVERY` replies and at the end (KiB).
+    fn soak_rss(&self) -> Option<(u64, u64)> {
+        let curve = &self.soak.as_ref()?.rss_curve;
+        Some((curve.first()?.1, curve.last()?.1))
     }
 
     /// The issue's ratio targets, judged against the floor.
@@ -1588,6 +2229,17 @@ impl Report {
     }
 
     fn section(&self, s: &mut String, title: &str, metrics: &[Metric], reference: Who) {
+        self.section_of(s, Who::Daemon, title, metrics, reference);
+    }
+
+    fn section_of(
+        &self,
+        s: &mut String,
+        subject: Who,
+        title: &str,
+        metrics: &[Metric],
+        reference: Who,
+    ) {
         let fmt3 = |v: Option<(f64, f64, f64)>, prec: usize| match v {
             Some((m, lo, hi)) => format!("{m:.prec$} ({lo:.prec$}–{hi:.prec$})"),
             None => "—".to_owned(),
@@ -1596,14 +2248,14 @@ impl Report {
         let _ = writeln!(
             s,
             "\n{title:<28} {:>24} {:>24} {:>22} {:>6}",
-            "daemon",
+            subject.name(),
             reference.name(),
             "ratio",
             "best"
         );
         for qos in 0..=2u8 {
             for metric in metrics {
-                let row = self.row(qos, metric, reference);
+                let row = self.row_of(subject, qos, metric, reference);
                 let label = format!("QoS {qos} {} ({})", metric.name, metric.unit);
                 let _ = writeln!(
                     s,
@@ -1631,11 +2283,13 @@ impl Report {
         let _ = writeln!(
             s,
             "floor = the examiner's peer answering its own commands on its one connection; \
-             trivial = a responder process with no logic in the daemon's place"
+             trivial = a responder process with no logic in the daemon's place; journal = the \
+             daemon with session.state_dir on ({}), the shipped unit's configuration",
+            self.fstype
         );
         let _ = writeln!(
             s,
-            "{} repetitions, daemon, floor and trivial interleaved; medians (min–max); ratio = \
+            "{} repetitions, daemon, journal, floor and trivial interleaved; medians (min–max); ratio = \
              daemon / reference per repetition, median (min–max) and best; load average {} → \
              {}{}",
             self.opts.reps,
@@ -1671,6 +2325,96 @@ impl Report {
              CPU)"
         );
         self.section(&mut s, "", &TRIVIAL_METRICS, Who::Trivial);
+        let _ = write!(
+            s,
+            "\nthe journal: the daemon with session.state_dir on ({}) against it off, same run \
+             (latency p50/p99, throughput, CPU)",
+            self.fstype
+        );
+        self.section_of(&mut s, Who::Journal, "", &JOURNAL_METRICS, Who::Daemon);
+        let _ = writeln!(
+            s,
+            "\ndisk writes (write_bytes of /proc/PID/io, process start to the last reply, read \
+             before the completion message goes out; cancelled_write_bytes: of those, dirty \
+             pages dropped before writeback); journal | daemon (state_dir off)"
+        );
+        for mode in [Mode::Latency, Mode::Throughput] {
+            let n = match mode {
+                Mode::Latency => self.opts.latency_n(),
+                Mode::Throughput => self.opts.throughput_n(),
+            };
+            for qos in 0..=2u8 {
+                let per_cmd = self
+                    .disk(mode, qos, Who::Journal)
+                    .map_or("—".to_owned(), |(m, _, _)| format!("{:.0}", m / n as f64));
+                let label = format!("QoS {qos} {} N = {n}", mode.name());
+                let cancelled = spread(
+                    self.runs(mode, qos, Who::Journal)
+                        .iter()
+                        .filter_map(|r| r.cancelled_bytes.map(|b| b as f64)),
+                );
+                let _ = writeln!(
+                    s,
+                    "  {label:<26} {:>30} B = {per_cmd:>6} B/cmd (cancelled {:>9} B) | {} B",
+                    fmt3(self.disk(mode, qos, Who::Journal), 0),
+                    cancelled.map_or("—".to_owned(), |(m, _, _)| format!("{m:.0}")),
+                    fmt3(self.disk(mode, qos, Who::Daemon), 0),
+                );
+            }
+        }
+        match (&self.steady, self.steady_per_min()) {
+            (Some(r), Some((secs, per_min))) => {
+                let _ = writeln!(
+                    s,
+                    "  steady {} QoS 2 commands at {STEADY_RATE}/s, journal on: {:.1} s, {:.2} \
+                     cmd/s; {} B from the first command to the last reply ({} B since start, \
+                     cancelled {} B) = {:.0} B/min, {:.0} B/cmd; missing {} dup {}\n  \
+                     steady, the whole device {} (all writers, file system journal included, \
+                     for information): {} over the same stretch",
+                    r.n,
+                    secs,
+                    r.per_sec,
+                    r.write_bytes_cmds.unwrap_or(0),
+                    r.write_bytes.unwrap_or(0),
+                    r.cancelled_bytes.unwrap_or(0),
+                    per_min,
+                    r.write_bytes_cmds.unwrap_or(0) as f64 / r.n as f64,
+                    r.missing,
+                    r.duplicates,
+                    self.device.as_deref().unwrap_or("—"),
+                    r.device_bytes_cmds.map_or("—".to_owned(), |b| format!(
+                        "{b} B = {:.0} B/min",
+                        b as f64 / secs * 60.0
+                    )),
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  steady rate: no result");
+            }
+        }
+        if let Some(r) = &self.soak {
+            let _ = writeln!(
+                s,
+                "\nsoak: {} QoS 2 commands, window {THROUGHPUT_WINDOW}, journal on: {:.0} cmd/s, \
+                 CPU {} s/10k, disk {} B ({:.0} B/cmd), missing {} dup {} wrong {}; VmRSS \
+                 (KiB) after every {SOAK_RSS_EVERY} replies (replies: KiB @ s):",
+                r.n,
+                r.per_sec,
+                r.cpu_per_10k.map_or("—".to_owned(), |c| format!("{c:.3}")),
+                r.write_bytes.unwrap_or(0),
+                r.write_bytes.unwrap_or(0) as f64 / r.n as f64,
+                r.missing,
+                r.duplicates,
+                r.wrong,
+            );
+            for chunk in r.rss_curve.chunks(5) {
+                let line: Vec<String> = chunk
+                    .iter()
+                    .map(|(n, kib, t)| format!("{n:>8}: {kib:>6} @ {t:>6.1}"))
+                    .collect();
+                let _ = writeln!(s, "  {}", line.join("   "));
+            }
+        }
         let loss = |who| {
             let (m, d, w) = self.losses(who);
             format!("{m} / {d} / {w}")
@@ -1763,6 +2507,73 @@ impl Report {
             m + d + w,
             if m + d + w == 0 { "PASS" } else { "FAIL" }
         );
+        let _ = writeln!(
+            s,
+            "\njournal targets (session.state_dir on, {}; best repetition, worst QoS; ratio to \
+             the daemon with it off, the worst QoS's median ratio in parentheses)",
+            self.fstype
+        );
+        let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
+        for (v, median) in self.journal_verdicts() {
+            let _ = writeln!(
+                s,
+                "  {:<30} {:>8.2}×  {}  (median {})",
+                v.what,
+                v.value,
+                pass(v.ok),
+                median.map_or("—".to_owned(), |m| format!("{m:.2}×"))
+            );
+        }
+        let per_20k = self.disk_per_20k();
+        let _ = writeln!(
+            s,
+            "  {:<30} {:>8}   {}  (worst QoS 2 throughput run, scaled to 20,000 commands)",
+            "disk ≤ 1 MiB / 20k QoS 2 cmds",
+            per_20k.map_or("—".to_owned(), |b| format!("{:.2}M", b / 1_048_576.0)),
+            pass(per_20k.is_some_and(|b| b <= DISK_PER_20K_TARGET)),
+        );
+        let per_min = self.steady_per_min().map(|(_, b)| b);
+        let _ = writeln!(
+            s,
+            "  {:<30} {:>8}   {}  ({STEADY_RATE} QoS 2 cmd/s for {} s)",
+            "disk ≤ 1 MiB/min, steady",
+            per_min.map_or("—".to_owned(), |b| format!("{:.2}M", b / 1_048_576.0)),
+            pass(per_min.is_some_and(|b| b <= DISK_PER_MIN_TARGET)),
+            self.opts.steady_secs(),
+        );
+        let steady_losses = self
+            .steady
+            .as_ref()
+            .map(|r| r.missing + r.duplicates + r.wrong);
+        let (jm, jd, jw) = self.losses(Who::Journal);
+        let journal_losses = jm + jd + jw + steady_losses.unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "  {:<30} {:>8}   {}",
+            "journal: no loss or duplicate",
+            journal_losses,
+            pass(journal_losses == 0 && steady_losses.is_some()),
+        );
+        match self.soak_rss() {
+            Some((first, last)) => {
+                let growth = last as f64 - first as f64;
+                let _ = writeln!(
+                    s,
+                    "  {:<30} {:>7.0}K   {}  (VmRSS {first} KiB after {SOAK_RSS_EVERY} → \
+                     {last} KiB at the end)",
+                    "soak RSS growth ≤ 1 MiB",
+                    growth,
+                    pass(growth <= SOAK_RSS_GROWTH_TARGET_KIB),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  {:<30} {:>8}   (not run: --soak)",
+                    "soak RSS growth ≤ 1 MiB", "—"
+                );
+            }
+        }
         s
     }
 
@@ -1778,6 +2589,7 @@ impl Report {
                 for metric in ALL_METRICS.iter().filter(|m| m.mode == mode) {
                     let floor = self.row(qos, metric, Who::Floor);
                     let trivial = self.row(qos, metric, Who::Trivial);
+                    let journal = self.row_of(Who::Journal, qos, metric, Who::Daemon);
                     figures.insert(
                         metric.name.to_owned(),
                         json!({
@@ -1789,23 +2601,14 @@ impl Report {
                             "best_ratio": floor.best,
                             "ratio_to_trivial": trio(trivial.ratio),
                             "best_ratio_to_trivial": trivial.best,
+                            "journal": trio(journal.daemon),
+                            "journal_ratio_to_daemon": trio(journal.ratio),
+                            "journal_best_ratio_to_daemon": journal.best,
                         }),
                     );
                 }
                 let runs = |who| -> Vec<Value> {
-                    self.runs(mode, qos, who)
-                        .iter()
-                        .map(|r| {
-                            json!({
-                                "n": r.n, "p50_us": r.p50_us, "p90_us": r.p90_us,
-                                "p99_us": r.p99_us, "max_us": r.max_us, "per_sec": r.per_sec,
-                                "missing": r.missing, "duplicates": r.duplicates,
-                                "wrong": r.wrong, "raced": r.raced, "passed": r.passed,
-                                "cpu_per_10k_s": r.cpu_per_10k, "peak_rss_kib": r.hwm_kib,
-                                "ready_ms": r.ready_ms.is_finite().then_some(r.ready_ms),
-                            })
-                        })
-                        .collect()
+                    self.runs(mode, qos, who).iter().map(run_json).collect()
                 };
                 cases.push(json!({
                     "mode": mode.name(),
@@ -1815,6 +2618,7 @@ impl Report {
                     "daemon_runs": runs(Who::Daemon),
                     "floor_runs": runs(Who::Floor),
                     "trivial_runs": runs(Who::Trivial),
+                    "journal_runs": runs(Who::Journal),
                 }));
             }
         }
@@ -1851,6 +2655,41 @@ impl Report {
                 "what": v.what, "worst_qos_best_ratio": v.value, "target": v.target,
                 "pass": v.ok, "worst_qos_best_ratio_to_trivial": v.vs_trivial,
             })).collect::<Vec<_>>(),
+            "journal": {
+                "fstype": self.fstype,
+                "targets": self.journal_verdicts().into_iter().map(|(v, median)| json!({
+                    "what": v.what, "worst_qos_best_ratio_to_daemon": v.value,
+                    "worst_qos_median_ratio_to_daemon": median, "target": v.target,
+                    "pass": v.ok,
+                })).collect::<Vec<_>>(),
+                "disk_bytes_per_20k_qos2": self.disk_per_20k(),
+                "disk_bytes_per_20k_target": DISK_PER_20K_TARGET,
+                "steady": self.steady.as_ref().map(run_json),
+                "steady_rate_per_sec": STEADY_RATE,
+                "steady_disk_bytes_per_min": self.steady_per_min().map(|(_, b)| b),
+                "steady_disk_per_min_target": DISK_PER_MIN_TARGET,
+                "soak": self.soak.as_ref().map(run_json),
+                "soak_rss_kib_first_last": self.soak_rss(),
+                "soak_rss_growth_target_kib": SOAK_RSS_GROWTH_TARGET_KIB,
+            },
         })
     }
+}
+
+/// One run's figures for the JSON document.
+fn run_json(r: &RunResult) -> Value {
+    json!({
+        "n": r.n, "p50_us": r.p50_us, "p90_us": r.p90_us,
+        "p99_us": r.p99_us, "max_us": r.max_us, "per_sec": r.per_sec,
+        "missing": r.missing, "duplicates": r.duplicates,
+        "wrong": r.wrong, "raced": r.raced, "passed": r.passed,
+        "cpu_per_10k_s": r.cpu_per_10k, "peak_rss_kib": r.hwm_kib,
+        "ready_ms": r.ready_ms.is_finite().then_some(r.ready_ms),
+        "write_bytes": r.write_bytes, "write_bytes_commands": r.write_bytes_cmds,
+        "cancelled_write_bytes": r.cancelled_bytes,
+        "device_bytes_commands": r.device_bytes_cmds,
+        "rss_curve": r.rss_curve.iter().map(|(n, kib, t)| json!({
+            "replies": n, "rss_kib": kib, "secs": t,
+        })).collect::<Vec<_>>(),
+    })
 }
