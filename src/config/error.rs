@@ -191,17 +191,20 @@ mod tests {
         let cases = [
             (
                 "session.qos = \"two\"",
-                "session.qos: found string \"two\", expected an integer",
+                "session.qos = \"two\", expected an integer, not a string",
             ),
             (
                 "broker.port = \"eighty\"",
-                "broker.port: found string \"eighty\", expected an integer",
+                "broker.port = \"eighty\", expected an integer, not a string",
             ),
             (
                 "reconnect.max_attempts = [1]",
-                "reconnect.max_attempts: found sequence",
+                "reconnect.max_attempts = [1], expected an integer, not an array",
             ),
-            ("broker.host = { a = 1 }", "broker.host: found map"),
+            (
+                "broker.host = { a = 1 }",
+                "broker.host = { a = 1 }, expected a string (in quotes), not a table",
+            ),
             ("broker = 5", "broker: found integer `5`, expected a table"),
             (
                 "broker.tls = \"yes\"",

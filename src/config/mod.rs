@@ -30,6 +30,7 @@ mod raw;
 mod render;
 mod schema;
 mod source;
+mod types;
 mod validate;
 
 use error::Check;
@@ -95,6 +96,7 @@ fn load_text(
         origins: &env.origins,
     };
     let document = parse_toml(path, text)?;
+    types::check_types(&check, &document)?;
     let raw = deserialize(&check, text, env.overrides.clone())?;
     let replies = reply_table(&check, document.get("replies"), &env.replies)?;
     let (config, password_file) = validate(&check, raw, replies, env.state_directory.as_deref())?;
@@ -156,7 +158,7 @@ mod tests {
             assert!(!message.contains(SECRET), "{message}");
         }
         assert!(
-            errors[2].starts_with("broker.password: wrong type"),
+            errors[2].starts_with("broker.password = <redacted>, expected a string"),
             "{}",
             errors[2]
         );
