@@ -13,6 +13,9 @@ use std::fs;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::QoS;
@@ -110,55 +113,78 @@ impl Peer {
     }
 }
 
-/// The notification socket a test owns, as systemd would.
+/// The notification socket a test owns, read all the time as systemd reads it: a unix
+/// datagram queue holds only `net.unix.max_dgram_qlen` (10) messages, and a full one blocks
+/// the sender, so a test that read only while it waits would stall the daemon it watches.
 struct NotifySocket {
-    socket: UnixDatagram,
     path: PathBuf,
-    lines: Vec<String>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl NotifySocket {
+    /// Bound on the reader's life, far above any test's.
+    const LIFETIME: Duration = Duration::from_secs(600);
+
     fn bind(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (lines, stop) = (Arc::clone(&lines), Arc::clone(&stop));
+            thread::spawn(move || {
+                let end = Instant::now() + Self::LIFETIME;
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        lines
+                            .lock()
+                            .unwrap()
+                            .extend(text.lines().map(str::to_owned));
+                    }
+                }
+            })
+        };
         NotifySocket {
-            socket,
             path,
-            lines: Vec::new(),
+            lines,
+            stop,
+            reader: Some(reader),
         }
     }
 
-    fn drain(&mut self) {
-        let mut buf = [0u8; 4096];
-        // Bounded: at most this many datagrams per call.
-        for _ in 0..1000 {
-            match self.socket.recv(&mut buf) {
-                Ok(n) => self.lines.extend(
-                    String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .map(str::to_owned),
-                ),
-                Err(_) => return,
-            }
-        }
+    /// Every line received so far, in order.
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 
     /// Waits until a line satisfies `cond`; returns its index.
-    fn wait(&mut self, what: &str, cond: impl Fn(&str) -> bool) -> usize {
+    fn wait(&self, what: &str, cond: impl Fn(&str) -> bool) -> usize {
         let mut found = None;
         wait_until(STEP, || {
-            self.drain();
-            found = self.lines.iter().position(|l| cond(l));
+            found = self.lines().iter().position(|l| cond(l));
             found.is_some()
         });
-        found.unwrap_or_else(|| panic!("no {what} notification; got {:?}", self.lines))
+        found.unwrap_or_else(|| panic!("no {what} notification; got {:?}", self.lines()))
     }
 
     fn count(&self, line: &str) -> usize {
-        self.lines.iter().filter(|l| *l == line).count()
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            reader.join().ok();
+        }
     }
 }
 
@@ -260,7 +286,7 @@ fn notify_ready_after_login_status_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let user = "ops-notify";
     let path = write_config(dir.path(), &config(broker.port(), user, ""));
-    let mut notify = NotifySocket::bind(dir.path());
+    let notify = NotifySocket::bind(dir.path());
     let mut peer = Peer::connect(broker.port(), "peer-notify", None);
     peer.subscribe("login");
     let mark = broker.log_mark();
@@ -278,11 +304,11 @@ fn notify_ready_after_login_status_watchdog_and_stopping() {
     });
     let ready = notify.wait("READY=1", |l| l == "READY=1");
     let waiting = notify.wait("waiting status", |l| l == "STATUS=waiting for UUID");
-    assert!(connecting < ready, "{:?}", notify.lines);
+    assert!(connecting < ready, "{:?}", notify.lines());
     assert!(
         waiting.abs_diff(ready) <= 2,
         "READY=1 belongs with the login: {:?}",
-        notify.lines
+        notify.lines()
     );
     peer.expect("login", |m| m.topic == "login" && m.payload == user);
     assert_eq!(notify.count("READY=1"), 1);
@@ -301,22 +327,22 @@ fn notify_ready_after_login_status_watchdog_and_stopping() {
         l == format!("STATUS=answering on {UUID}: 3 replies")
     });
     assert!(
-        !notify.lines.iter().any(|l| l.ends_with(": 1 replies")),
+        !notify.lines().iter().any(|l| l.ends_with(": 1 replies")),
         "status sent per reply: {:?}",
-        notify.lines
+        notify.lines()
     );
     // The watchdog (300 ms) is pinged every 150 ms from the event loop.
     assert!(
         notify.count("WATCHDOG=1") >= 5,
         "{} pings: {:?}",
         notify.count("WATCHDOG=1"),
-        notify.lines
+        notify.lines()
     );
 
     daemon.signal("TERM");
     notify.wait("STOPPING=1", |l| l == "STOPPING=1");
     assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
-    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines);
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines());
 }
 
 /// A broker (or the Wi-Fi) down at boot: READY=1 as soon as the first attempt has failed,
@@ -330,14 +356,14 @@ fn a_broker_down_at_start_is_ready_at_once_warns_on_the_5th_failure_and_is_reach
     let user = "ops-down";
     let toml = config(port, user, "").replace("max_attempts = 20", "max_attempts = 0");
     let path = write_config(dir.path(), &toml);
-    let mut notify = NotifySocket::bind(dir.path());
+    let notify = NotifySocket::bind(dir.path());
     let mut daemon = Daemon::spawn(&path, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
 
     let ready = notify.wait("READY=1", |l| l == "READY=1");
     let reconnecting = notify.wait("STATUS=reconnecting", |l| {
         l.starts_with("STATUS=reconnecting in")
     });
-    assert!(ready <= reconnecting + 1, "{:?}", notify.lines);
+    assert!(ready <= reconnecting + 1, "{:?}", notify.lines());
     assert!(!daemon.log().contains("logged in"), "{}", daemon.log());
     // Attempts 1-4 are INFO, the 5th is the first WARN (the 15th the next).
     daemon.wait_for_log("(5 failed attempts in a row)");
@@ -364,7 +390,7 @@ fn a_broker_down_at_start_is_ready_at_once_warns_on_the_5th_failure_and_is_reach
     let mut peer = Peer::connect(broker.port(), "peer-down", None);
     peer.subscribe("login");
     daemon.wait_for_log("logged in, waiting for the UUID");
-    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines);
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines());
     daemon.signal("TERM");
     assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
 }
@@ -376,7 +402,7 @@ fn sighup_swaps_the_reply_table_without_reconnecting_and_keeps_it_on_a_bad_file(
     let user = "ops-reload";
     let replies = "[replies]\nCMD1 = \"Apple\"\nCMD2 = \"Cat\"\n";
     let path = write_config(dir.path(), &config(broker.port(), user, replies));
-    let mut notify = NotifySocket::bind(dir.path());
+    let notify = NotifySocket::bind(dir.path());
     let mut peer = Peer::connect(broker.port(), "peer-reload", None);
     peer.subscribe("login");
     let mark = broker.log_mark();
@@ -405,9 +431,9 @@ fn sighup_swaps_the_reply_table_without_reconnecting_and_keeps_it_on_a_bad_file(
     daemon.wait_for_log("reply acknowledged");
     let reloading = notify.wait("RELOADING=1", |l| l == "RELOADING=1");
     assert!(
-        notify.lines[reloading..].iter().any(|l| l == "READY=1"),
+        notify.lines()[reloading..].iter().any(|l| l == "READY=1"),
         "READY=1 after the reload: {:?}",
-        notify.lines
+        notify.lines()
     );
 
     // An invalid file: logged with its key, the table in force stays.
