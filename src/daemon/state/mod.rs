@@ -3,7 +3,7 @@
 //!
 //! An append-only log of small records (a command received, a reply handed to the
 //! session, an acknowledgement, the UUID, draining): the daemon writes everything a loop
-//! turn changed as one frame, in one write, before the packets it guards leave, so the log
+//! turn changed as one frame, in one write (two when it crosses a page boundary), before the packets it guards leave, so the log
 //! always runs ahead of the wire and SIGKILL at any instant loses nothing. Three files take
 //! turns ([`store`]): each starts with a snapshot of the whole [`RunState`] and goes on with
 //! the changes since. Past [`COMPACT_AT`] bytes the daemon starts afresh with a snapshot in
@@ -351,7 +351,7 @@ impl<S: Store> Journal<S> {
         RunState::new(&self.client_id, &self.broker, session)
     }
 
-    /// Writes what a loop turn changed, as one frame in one write.
+    /// Writes what a loop turn changed, as one frame (one write per page it touches).
     pub fn append(
         &mut self,
         counters: Counters,
