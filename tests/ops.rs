@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4;
+use support::proxy::Proxy;
 use support::raw::{self, RawV4};
 use support::{Mosquitto, free_port, send_signal, wait_until, write_config};
 
@@ -83,6 +84,21 @@ impl Peer {
             payload: String::from_utf8_lossy(&p.payload).into_owned(),
             retain: p.retain,
         });
+    }
+
+    /// Whether a message that matches is kept or arrives within [`STEP`] (taken if so).
+    fn try_expect(&mut self, matches: impl Fn(&Msg) -> bool) -> bool {
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if let Some(i) = self.inbox.iter().position(&matches) {
+                self.inbox.remove(i);
+                return true;
+            }
+            if let Ok(v4::Packet::Publish(p)) = self.conn.recv() {
+                self.keep(p);
+            }
+        }
+        false
     }
 
     /// Takes the first kept or arriving message that matches, within [`STEP`].
@@ -393,6 +409,120 @@ fn a_broker_down_at_start_is_ready_at_once_warns_on_the_5th_failure_and_is_reach
     assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines());
     daemon.signal("TERM");
     assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+}
+
+/// A reading of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// SPEC §2 Floods: 200,000 QoS 0 commands to a daemon replying at QoS 2, through a proxy
+/// that holds back what the daemon sends until the flood has overflowed: no reply can be
+/// acknowledged meanwhile, so by construction, not by speed, `max_pending` (1000, the
+/// default) replies wait and the commands beyond them are dropped, counted and reported
+/// at WARN at most every 10 s. The peak RSS stays within 2 MiB of the idle size, and a
+/// QoS 1 command sent after the flood is still answered.
+#[test]
+fn a_qos0_flood_is_dropped_beyond_max_pending_and_memory_stays_flat() {
+    const FLOOD: usize = 200_000;
+    const MAX_PENDING: u64 = 1000;
+    let broker = require_mosquitto!().start().unwrap();
+    let proxy = Proxy::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    let user = "ops-flood";
+    let toml = config(proxy.port(), user, &format!("max_pending = {MAX_PENDING}"))
+        .replace("qos = 1", "qos = 2");
+    let path = write_config(dir.path(), &toml);
+    let mut peer = Peer::connect(broker.port(), "peer-flood", None);
+    peer.subscribe("login");
+    let mut daemon = Daemon::spawn(&path, &[]);
+    peer.expect("login", |m| m.topic == "login" && m.payload == user);
+    peer.publish(&format!("{user}/UUID"), UUID);
+    daemon.wait_for_log("answering commands");
+    // The marker's replies only: the flood's go to no subscriber.
+    let marker = format!("{UUID}/CMD2");
+    peer.subscribe(&marker);
+    assert_eq!(peer.ask("CMD2"), "Cat");
+    let pid = daemon.child.id();
+    let idle = status_kib(pid, "VmRSS");
+
+    proxy.hold_upstream();
+    let (mut flooder, _) = raw::connect_v4(broker.port(), "peer-flooder", None).unwrap();
+    let command = v4::Publish::new(UUID, QoS::AtMostOnce, b"CMD1".to_vec());
+    for _ in 0..FLOOD / 1000 {
+        flooder
+            .send_batch((0..1000).map(|_| v4::Packet::Publish(command.clone())))
+            .unwrap();
+    }
+    // Its PUBACK: the broker has taken every command before it.
+    flooder.publish_qos1(UUID, b"CMD2", false).unwrap();
+    // The first drop is reported at once.
+    daemon.wait_for_log("(session.max_pending)");
+    proxy.forward();
+    let answered = peer.try_expect(|m| m.topic == marker);
+    assert!(
+        answered,
+        "no reply to the command after the flood; log:\n{}",
+        daemon.log()
+    );
+    let peak = status_kib(pid, "VmHWM");
+    eprintln!("flood: idle RSS {idle} KiB, peak {peak} KiB");
+    assert!(
+        peak <= idle + 2048,
+        "peak RSS {peak} KiB, idle {idle} KiB: more than 2 MiB for a flood"
+    );
+
+    peer.publish(UUID, "Well done my IoT!");
+    assert_eq!(daemon.exit_code(), Some(0), "{}", daemon.log());
+    let log = daemon.log();
+    let summary = log.lines().find(|l| l.contains("summary:")).unwrap();
+    let overflowed: u64 = summary
+        .split(" dropped (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no flood drops in the summary: {summary}"));
+    let answered: u64 = summary
+        .split("CMD1=")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ')']).next()?.parse().ok())
+        .unwrap();
+    assert!(overflowed >= 1, "{summary}");
+    assert!(
+        answered + overflowed <= FLOOD as u64 && answered >= MAX_PENDING,
+        "{summary}"
+    );
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("(session.max_pending)"))
+        .collect();
+    let reported: u64 = warns
+        .iter()
+        .filter_map(|l| {
+            l.split("dropped ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(reported, overflowed, "{warns:#?}");
+    // At most one WARN per 10 s of the run, plus the first.
+    let run_secs: f64 = summary
+        .split(" after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        warns.len() as f64 <= 1.0 + run_secs / 10.0 + 1.0,
+        "{} WARNs in {run_secs} s: {warns:#?}",
+        warns.len()
+    );
 }
 
 #[test]

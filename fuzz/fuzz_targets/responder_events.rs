@@ -174,6 +174,7 @@ fn session(input: &Input) -> ResponderSettings {
         login_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(5),
         max_payload_bytes: usize::from(input.max_payload).max(1),
+        max_pending: 1,
         unknown_command: if input.unknown_reply {
             UnknownCommand::Reply("unknown".to_owned())
         } else {
@@ -403,6 +404,9 @@ fuzz_target!(|input: Input| {
                     message.id,
                     &message.topic,
                     &message.payload,
+                    // QoS 1/2: never dropped by max_pending, so the model's "every command
+                    // is answered once" holds (the responder's unit tests cover QoS 0 floods).
+                    QoS::AtLeastOnce,
                     &message.response,
                     now,
                 );
@@ -434,6 +438,7 @@ fuzz_target!(|input: Input| {
                         message.id,
                         &message.topic,
                         &message.payload,
+                        QoS::AtLeastOnce,
                         &message.response,
                         now,
                     );

@@ -84,6 +84,8 @@ pub(super) struct RawSession {
     pub(super) drain_timeout_secs: i64,
     #[serde(default = "default_max_payload_bytes")]
     pub(super) max_payload_bytes: i64,
+    #[serde(default = "default_max_pending")]
+    pub(super) max_pending: i64,
     #[serde(default = "default_unknown_command")]
     pub(super) unknown_command: String,
     #[serde(default = "default_unknown_reply")]
@@ -149,6 +151,7 @@ impl Default for RawSession {
             login_timeout_secs: default_login_timeout_secs(),
             drain_timeout_secs: default_drain_timeout_secs(),
             max_payload_bytes: default_max_payload_bytes(),
+            max_pending: default_max_pending(),
             unknown_command: default_unknown_command(),
             unknown_reply: default_unknown_reply(),
             status_topic: default_status_topic(),
@@ -220,6 +223,9 @@ fn default_drain_timeout_secs() -> i64 {
 fn default_max_payload_bytes() -> i64 {
     65536
 }
+fn default_max_pending() -> i64 {
+    1000
+}
 fn default_unknown_command() -> String {
     "ignore".to_owned()
 }
@@ -279,6 +285,7 @@ mod tests {
         assert_eq!(s.responder.login_timeout, Duration::from_secs(30));
         assert_eq!(s.responder.drain_timeout, Duration::from_secs(5));
         assert_eq!(s.responder.max_payload_bytes, 65536);
+        assert_eq!(s.responder.max_pending, 1000);
         assert_eq!(s.responder.unknown_command, UnknownCommand::Ignore);
         assert_eq!(
             s.status_topic.as_ref().map(Template::as_str),

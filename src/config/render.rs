@@ -73,6 +73,10 @@ impl Config {
                 .unwrap_or(i64::MAX)
                 .into(),
         );
+        session.insert(
+            "max_pending".into(),
+            i64::try_from(s.max_pending).unwrap_or(i64::MAX).into(),
+        );
         match &s.unknown_command {
             UnknownCommand::Ignore => {
                 session.insert("unknown_command".into(), "ignore".into());
@@ -248,6 +252,7 @@ mod tests {
             "login_timeout_secs = 30",
             "drain_timeout_secs = 5",
             "max_payload_bytes = 65536",
+            "max_pending = 1000",
             "unknown_command = \"reply\"",
             "unknown_reply = \"UNKNOWN\"",
             "status_topic = \"{user_id}/status\"",

@@ -25,6 +25,8 @@ const MAX_U32: i64 = u32::MAX as i64;
 
 /// Largest payload MQTT can carry in one packet (the Remaining Length limit).
 const MAX_PACKET_BYTES: i64 = 268_435_455;
+/// Bound on `session.max_pending`: a million queued replies is already ~100 MiB.
+const MAX_PENDING: i64 = 1_000_000;
 
 /// Largest MQTT UTF-8 string or binary field (client id, user name, password).
 const MAX_MQTT_STRING: usize = u16::MAX as usize;
@@ -517,6 +519,14 @@ fn session(
     )?;
     let max_payload_bytes = usize::try_from(max_payload_bytes).unwrap_or(usize::MAX);
 
+    let max_pending = check.int(
+        "session.max_pending",
+        s.max_pending,
+        1..=MAX_PENDING,
+        &format!("1..={MAX_PENDING}"),
+    )?;
+    let max_pending = usize::try_from(max_pending).unwrap_or(usize::MAX);
+
     if s.completion_message.is_empty() {
         return Err(check.invalid("session.completion_message", "\"\"", "a non-empty message"));
     }
@@ -570,6 +580,7 @@ fn session(
         login_timeout: check.secs("session.login_timeout_secs", s.login_timeout_secs, 1)?,
         drain_timeout: check.secs("session.drain_timeout_secs", s.drain_timeout_secs, 0)?,
         max_payload_bytes,
+        max_pending,
         unknown_command,
         user_id,
     };
@@ -666,6 +677,10 @@ mod tests {
             (
                 "session.max_payload_bytes = 268435456",
                 "session.max_payload_bytes = 268435456, expected 1..=268435455",
+            ),
+            (
+                "session.max_pending = 0",
+                "session.max_pending = 0, expected 1..=1000000",
             ),
             (
                 "session.unknown_command = \"maybe\"",

@@ -448,10 +448,12 @@ impl<S: Store> ResponderApp<S> {
             let uuid = self.responder.uuid();
             let qos = self.responder.known_qos();
             if presence.is_due(now) || online_stale(self.online_said, uuid.is_some(), qos) {
-                let answered = self.responder.stats().answered.iter().map(|(_, n)| n).sum();
+                let stats = self.responder.stats();
                 let snapshot = Snapshot {
                     uuid,
-                    answered,
+                    answered: stats.answered.iter().map(|(_, n)| n).sum(),
+                    dropped: stats.dropped,
+                    unknown: stats.unknown,
                     reconnects: self.reconnects,
                     uptime: now.saturating_duration_since(self.started),
                     qos,
@@ -598,12 +600,16 @@ impl<S: Store> ResponderApp<S> {
             .map(|(c, n)| format!("{c}={n}"))
             .collect();
         tracing::info!(
-            "summary: {outcome:?} after {:.1} s; {total} replies ({}); {} unknown, {} dropped, \
+            "summary: {outcome:?} after {:.1} s; {total} replies ({}); {} unknown, {} dropped{}, \
              {} unexpected, {} rejected by the broker; {reconnects} reconnects; QoS {}",
             elapsed.as_secs_f64(),
             per_command.join(", "),
             stats.unknown,
             stats.dropped,
+            match stats.overflowed {
+                0 => String::new(),
+                n => format!(" ({n} QoS 0 beyond session.max_pending)"),
+            },
             stats.unexpected,
             self.rejected,
             self.responder.effective_qos(),
@@ -697,7 +703,7 @@ impl<S: Store> App for ResponderApp<S> {
                     correlation_data: p.correlation_data,
                 };
                 self.responder
-                    .handle_request(message.id, &p.topic, &p.payload, &response, now);
+                    .handle_request(message.id, &p.topic, &p.payload, p.qos, &response, now);
             }
             Event::Oversized { topic, size } => self.responder.handle_oversized(&topic, size),
             Event::Delivered(token) => self.reply_done(token, true, session, now),

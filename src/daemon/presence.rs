@@ -87,6 +87,10 @@ pub struct Snapshot<'a> {
     pub uuid: Option<&'a str>,
     /// Replies acknowledged so far.
     pub answered: u64,
+    /// Commands dropped so far (bad payloads, QoS 0 beyond `max_pending`).
+    pub dropped: u64,
+    /// Unknown commands seen so far.
+    pub unknown: u64,
     /// Reconnects so far.
     pub reconnects: u32,
     /// Time since the daemon started.
@@ -271,6 +275,8 @@ impl Presence {
             "version": env!("CARGO_PKG_VERSION"),
             "uuid": snapshot.uuid,
             "answered": snapshot.answered,
+            "dropped": snapshot.dropped,
+            "unknown": snapshot.unknown,
             "reconnects": snapshot.reconnects,
             "uptime_secs": snapshot.uptime.as_secs(),
             "qos": snapshot.qos.map(QoS::as_u8),
@@ -339,6 +345,8 @@ mod tests {
         let snapshot = Snapshot {
             uuid: Some("u-1"),
             answered: 42,
+            dropped: 5,
+            unknown: 2,
             reconnects: 3,
             uptime: Duration::from_millis(7_900),
             qos: Some(QoS::AtLeastOnce),
@@ -350,6 +358,8 @@ mod tests {
         assert_eq!(v["state"], "online");
         assert_eq!(v["uuid"], "u-1");
         assert_eq!(v["answered"], 42);
+        assert_eq!(v["dropped"], 5);
+        assert_eq!(v["unknown"], 2);
         assert_eq!(v["reconnects"], 3);
         assert_eq!(v["uptime_secs"], 7);
         assert_eq!(v["qos"], 1);
@@ -395,6 +405,8 @@ mod tests {
         let snapshot = Snapshot {
             uuid: None,
             answered: 0,
+            dropped: 0,
+            unknown: 0,
             reconnects: 0,
             uptime: Duration::ZERO,
             qos: None,
@@ -410,6 +422,8 @@ mod tests {
         Snapshot {
             uuid: None,
             answered: 0,
+            dropped: 0,
+            unknown: 0,
             reconnects: 0,
             uptime: Duration::ZERO,
             qos: None,

@@ -282,7 +282,9 @@ impl Session {
                 self.config.will.clone()
             },
             session_expiry: (!v311).then_some(self.config.session_expiry),
-            receive_maximum: None,
+            // The broker sends no more unacknowledged QoS 1/2 commands than we may have
+            // replies in flight: a flood waits at the broker, not in our memory.
+            receive_maximum: (!v311).then_some(self.config.max_inflight.max(1)),
             max_packet_size: (!v311)
                 .then(|| u32::try_from(self.config.max_incoming_packet).unwrap_or(u32::MAX)),
         };

@@ -1861,7 +1861,7 @@ mod tests {
                         self.next_id += 1;
                         let id = MessageId(self.next_id);
                         self.responder
-                            .handle_request(id, topic, payload, properties, self.now);
+                            .handle_request(id, topic, payload, qos, properties, self.now);
                     }
                     Side::Examiner => self.examiner.handle_message_correlated(
                         topic,

@@ -57,6 +57,7 @@ pub(crate) mod testing {
             login_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             max_payload_bytes: 65536,
+            max_pending: 1000,
             unknown_command: UnknownCommand::Ignore,
         }
     }

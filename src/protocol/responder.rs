@@ -40,6 +40,9 @@ pub struct ResponderSettings {
     pub drain_timeout: Duration,
     /// Larger command payloads are dropped.
     pub max_payload_bytes: usize,
+    /// Replies waiting for acknowledgement (queued or in flight) at most before a QoS 0
+    /// command is dropped (SPEC §2 Floods); QoS 1/2 commands are held back by the broker.
+    pub max_pending: usize,
     /// What to do with a command that is not in the reply table.
     pub unknown_command: UnknownCommand,
 }
@@ -134,6 +137,8 @@ pub struct Stats {
     /// Replies the broker would not take (MQTT 5 failure reason, or larger than its
     /// Maximum Packet Size): the command is done with, but not counted as answered.
     pub failed: u64,
+    /// Of `dropped`: QoS 0 commands that arrived with `max_pending` replies waiting.
+    pub overflowed: u64,
 }
 
 /// First delay before a refused subscription is tried again; doubles up to the maximum.
@@ -143,6 +148,8 @@ const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(60);
 /// Distinct unknown commands counted by name in [`Stats::answered`]; the rest share one row,
 /// so a peer cannot make the summary grow without bound.
 const MAX_UNKNOWN_ROWS: usize = 32;
+/// At most one WARN about commands dropped in a flood per this long.
+const OVERFLOW_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Name of the row that collects unknown commands beyond [`MAX_UNKNOWN_ROWS`].
 const OTHER_UNKNOWN_ROW: &str = "(other unknown)";
 
@@ -156,15 +163,22 @@ enum Timer {
     DrainTimeout,
     /// A refused subscription is due to be tried again.
     Resubscribe,
+    /// Commands dropped in a flood since the last WARN are due to be reported.
+    OverflowReport,
 }
 
 impl Timer {
-    const ALL: [Timer; 3] = [Timer::LoginTimeout, Timer::DrainTimeout, Timer::Resubscribe];
+    const ALL: [Timer; 4] = [
+        Timer::LoginTimeout,
+        Timer::DrainTimeout,
+        Timer::Resubscribe,
+        Timer::OverflowReport,
+    ];
 }
 
 /// One optional deadline per [`Timer`] (quinn-proto's `TimerTable`).
 #[derive(Debug, Default)]
-struct TimerTable([Option<Instant>; 3]);
+struct TimerTable([Option<Instant>; Timer::ALL.len()]);
 
 impl TimerTable {
     fn set(&mut self, timer: Timer, deadline: Instant) {
@@ -233,6 +247,7 @@ pub struct Responder {
     login_timeout: Duration,
     drain_timeout: Duration,
     max_payload_bytes: usize,
+    max_pending: usize,
     /// `Some(payload)` when unknown commands are answered.
     unknown_reply: Option<Bytes>,
     /// Command → index into `replies` (and into the first rows of `stats.answered`).
@@ -249,6 +264,9 @@ pub struct Responder {
     stop_deadline: Option<Instant>,
     /// Replies published but not yet acknowledged → row in `stats.answered`.
     in_flight: FxHashMap<MessageId, usize>,
+    /// Flood drops not yet reported, and when the last report was.
+    overflow_unreported: u64,
+    overflow_reported_at: Option<Instant>,
     /// The broker's cap from the latest CONNACK.
     broker_qos: QoS,
     /// The lowest QoS granted in a SUBACK during the current broker session.
@@ -312,6 +330,7 @@ impl Responder {
             login_timeout: session.login_timeout,
             drain_timeout: session.drain_timeout,
             max_payload_bytes: session.max_payload_bytes,
+            max_pending: session.max_pending.max(1),
             unknown_reply,
             table,
             replies: payloads,
@@ -320,6 +339,8 @@ impl Responder {
             draining: false,
             stop_deadline: None,
             in_flight: FxHashMap::default(),
+            overflow_unreported: 0,
+            overflow_reported_at: None,
             broker_qos: QoS::ExactlyOnce,
             granted_qos: QoS::ExactlyOnce,
             granted_known: false,
@@ -476,9 +497,16 @@ impl Responder {
         }
     }
 
-    /// A message arrived.
-    pub fn handle_message(&mut self, id: MessageId, topic: &str, payload: &[u8], now: Instant) {
-        self.handle_request(id, topic, payload, &ResponseTo::default(), now);
+    /// A message arrived at `qos`.
+    pub fn handle_message(
+        &mut self,
+        id: MessageId,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        now: Instant,
+    ) {
+        self.handle_request(id, topic, payload, qos, &ResponseTo::default(), now);
     }
 
     /// A message arrived with MQTT 5 request/response properties: a command with a valid
@@ -488,6 +516,7 @@ impl Responder {
         id: MessageId,
         topic: &str,
         payload: &[u8],
+        qos: QoS,
         response: &ResponseTo,
         now: Instant,
     ) {
@@ -501,7 +530,7 @@ impl Responder {
             .as_ref()
             .is_some_and(|a| a.command_topic == topic);
         if on_commands {
-            self.command_message(id, payload, response, now);
+            self.command_message(id, payload, qos, response, now);
         } else if topic == self.uuid_topic {
             self.uuid_message(id, payload, now);
         } else {
@@ -645,6 +674,7 @@ impl Responder {
                         self.subscribe(sub);
                     }
                 }
+                Timer::OverflowReport => self.report_overflow(now),
             }
         }
     }
@@ -860,10 +890,10 @@ impl Responder {
         &mut self,
         id: MessageId,
         payload: &[u8],
+        qos: QoS,
         response: &ResponseTo,
         now: Instant,
     ) {
-        let _ = now;
         if self.in_flight.contains_key(&id) {
             // The session suppresses duplicates; this guards the one-reply promise anyway.
             debug!(id = id.0, "command already being answered");
@@ -900,6 +930,9 @@ impl Responder {
             return;
         }
         if let Some(&index) = self.table.get(command) {
+            if !self.has_slot(id, qos, now) {
+                return;
+            }
             let Some(topic) = self
                 .accepted
                 .as_ref()
@@ -919,6 +952,9 @@ impl Responder {
             self.actions.push_back(Action::Ack(id));
             return;
         };
+        if !self.has_slot(id, qos, now) {
+            return;
+        }
         if let Some((topic, correlation)) = response_destination(response) {
             let row = self.unknown_row(command);
             self.reply(
@@ -950,6 +986,49 @@ impl Responder {
                 self.actions.push_back(Action::Ack(id));
             }
         }
+    }
+
+    /// Whether a command that arrived at `qos` may take a reply slot. A QoS 0 command with
+    /// `max_pending` replies waiting is dropped (its sender expects no acknowledgement,
+    /// and nothing else would bound the queue): counted, and reported at WARN at most
+    /// every [`OVERFLOW_REPORT_INTERVAL`] with the number dropped. A QoS 1/2 command always
+    /// gets one: it is acknowledged only once answered, so the broker's window (Receive
+    /// Maximum over MQTT 5) bounds how many there are.
+    fn has_slot(&mut self, id: MessageId, qos: QoS, now: Instant) -> bool {
+        if qos != QoS::AtMostOnce || self.in_flight.len() < self.max_pending {
+            return true;
+        }
+        self.stats.dropped += 1;
+        self.stats.overflowed += 1;
+        self.overflow_unreported += 1;
+        self.actions.push_back(Action::Ack(id));
+        match self.overflow_reported_at {
+            Some(at) if now < at + OVERFLOW_REPORT_INTERVAL => {
+                if self.timers.get(Timer::OverflowReport).is_none() {
+                    self.timers
+                        .set(Timer::OverflowReport, at + OVERFLOW_REPORT_INTERVAL);
+                }
+            }
+            _ => self.report_overflow(now),
+        }
+        false
+    }
+
+    /// The WARN for the flood drops since the last one.
+    fn report_overflow(&mut self, now: Instant) {
+        if self.overflow_unreported == 0 {
+            return;
+        }
+        warn!(
+            dropped = self.overflow_unreported,
+            "dropped {} QoS 0 commands: {} replies were already waiting \
+             (session.max_pending); {} dropped in this run",
+            self.overflow_unreported,
+            self.max_pending,
+            self.stats.overflowed
+        );
+        self.overflow_unreported = 0;
+        self.overflow_reported_at = Some(now);
     }
 
     /// The checks every command payload passes before it is looked at.
@@ -1077,6 +1156,11 @@ impl Responder {
 
     /// Asks for DISCONNECT; the run is over.
     fn finish(&mut self) {
+        // Flood drops the 10 s throttle still holds back are told now, before the run ends
+        // (the throttle's clock does not matter any more).
+        if let Some(at) = self.overflow_reported_at {
+            self.report_overflow(at);
+        }
         // Subscriptions still in progress are moot: a SUBACK that comes back refused after
         // this must not arm a retry that subscribes after the DISCONNECT.
         self.void_pending();
@@ -1195,7 +1279,13 @@ mod tests {
     /// A responder answering on [`UUID`].
     fn answering(session: &ResponderSettings, now: Instant) -> Responder {
         let mut r = waiting(session, now);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            now,
+        );
         r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), now);
         assert_eq!(r.phase(), Phase::Answering);
         actions(&mut r);
@@ -1206,8 +1296,8 @@ mod tests {
     fn replace_replies_swaps_the_table_and_rerenders_reply_topics() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", QoS::ExactlyOnce, t);
         actions(&mut r);
         r.handle_delivered(MessageId(2), t);
         let table = |pairs: &[(&str, &str)]| {
@@ -1223,9 +1313,9 @@ mod tests {
             .unwrap();
         assert_eq!(r.phase(), Phase::Answering, "the connection is untouched");
         assert_eq!(actions(&mut r), []);
-        r.handle_message(MessageId(4), UUID, b"NEW", t);
-        r.handle_message(MessageId(5), UUID, b"CMD2", t);
-        r.handle_message(MessageId(6), UUID, b"CMD1", t);
+        r.handle_message(MessageId(4), UUID, b"NEW", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(5), UUID, b"CMD2", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(6), UUID, b"CMD1", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [
@@ -1250,10 +1340,16 @@ mod tests {
         // Before the UUID is known there are no topics to render; they come with it.
         let mut r = waiting(&session(), t);
         r.replace_replies(&table(&[("X", "Y")])).unwrap();
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), t);
         actions(&mut r);
-        r.handle_message(MessageId(2), UUID, b"X", t);
+        r.handle_message(MessageId(2), UUID, b"X", QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [reply("X", "Y", 2, QoS::ExactlyOnce)]);
     }
 
@@ -1265,7 +1361,7 @@ mod tests {
         let long = "C".repeat(70_000);
         let bad = ReplyTable(vec![("CMD1".into(), "New".into()), (long, "x".into())]);
         assert!(r.replace_replies(&bad).is_err());
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
@@ -1286,7 +1382,13 @@ mod tests {
         assert_eq!(actions(&mut r), [login(QoS::ExactlyOnce)]);
         assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(30)));
 
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), ms(t, 10));
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            ms(t, 10),
+        );
         assert_eq!(r.phase(), Phase::SubscribingCommands);
         assert_eq!(r.uuid(), Some(UUID));
         assert_eq!(r.poll_timeout(), None, "login timer cancelled");
@@ -1297,8 +1399,8 @@ mod tests {
         r.handle_subscribed(UUID, Some(QoS::ExactlyOnce), ms(t, 11));
         assert_eq!(r.phase(), Phase::Answering);
 
-        r.handle_message(MessageId(2), UUID, b"CMD4", ms(t, 3000));
-        r.handle_message(MessageId(3), UUID, b"CMD4", ms(t, 3001));
+        r.handle_message(MessageId(2), UUID, b"CMD4", QoS::ExactlyOnce, ms(t, 3000));
+        r.handle_message(MessageId(3), UUID, b"CMD4", QoS::ExactlyOnce, ms(t, 3001));
         assert_eq!(
             actions(&mut r),
             [
@@ -1313,7 +1415,13 @@ mod tests {
         assert_eq!(r.outstanding(), 0);
         assert_eq!(r.stats().answered[3], ("CMD4".to_owned(), 2));
 
-        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", ms(t, 4000));
+        r.handle_message(
+            MessageId(4),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            ms(t, 4000),
+        );
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(4)), Action::Disconnect]
@@ -1332,7 +1440,14 @@ mod tests {
             topic: Some(topic.to_owned()),
             correlation_data: Some(Bytes::from_static(b"\x00\x2a")),
         };
-        r.handle_request(MessageId(10), UUID, b"CMD4", &request("app/resp/7"), t);
+        r.handle_request(
+            MessageId(10),
+            UUID,
+            b"CMD4",
+            QoS::ExactlyOnce,
+            &request("app/resp/7"),
+            t,
+        );
         let Some(Action::Publish(out)) = r.poll_action() else {
             panic!("no reply");
         };
@@ -1342,7 +1457,14 @@ mod tests {
 
         // Unusable Response Topics: the ordinary reply, without correlation data.
         for (id, bad) in [(11, ""), (12, "app/+/x"), (13, "app/#"), (14, "a\0b")] {
-            r.handle_request(MessageId(id), UUID, b"CMD1", &request(bad), t);
+            r.handle_request(
+                MessageId(id),
+                UUID,
+                b"CMD1",
+                QoS::ExactlyOnce,
+                &request(bad),
+                t,
+            );
             let Some(Action::Publish(out)) = r.poll_action() else {
                 panic!("no reply for Response Topic {bad:?}");
             };
@@ -1352,7 +1474,14 @@ mod tests {
 
         // An unknown command answered on its (valid) Response Topic, even when the command
         // itself could not be a topic level.
-        r.handle_request(MessageId(20), UUID, b"a/#", &request("app/resp/8"), t);
+        r.handle_request(
+            MessageId(20),
+            UUID,
+            b"a/#",
+            QoS::ExactlyOnce,
+            &request("app/resp/8"),
+            t,
+        );
         let Some(Action::Publish(out)) = r.poll_action() else {
             panic!("no reply to the unknown command");
         };
@@ -1360,7 +1489,14 @@ mod tests {
         assert_eq!(out.payload, &b"UNKNOWN"[..]);
 
         // Without properties: exactly as before.
-        r.handle_request(MessageId(21), UUID, b"CMD2", &ResponseTo::default(), t);
+        r.handle_request(
+            MessageId(21),
+            UUID,
+            b"CMD2",
+            QoS::ExactlyOnce,
+            &ResponseTo::default(),
+            t,
+        );
         let Some(Action::Publish(out)) = r.poll_action() else {
             panic!("no reply");
         };
@@ -1375,7 +1511,7 @@ mod tests {
         let table = ReplyTable::seed();
         for (i, (command, text)) in table.0.iter().enumerate() {
             let id = 10 + i as u64;
-            r.handle_message(MessageId(id), UUID, command.as_bytes(), t);
+            r.handle_message(MessageId(id), UUID, command.as_bytes(), QoS::ExactlyOnce, t);
             let Some(Action::Publish(out)) = r.poll_action() else {
                 panic!("no reply to {command}");
             };
@@ -1404,7 +1540,7 @@ mod tests {
         ];
         for payload in hostile {
             let mut r = waiting(&session(), t);
-            r.handle_message(MessageId(7), "2547841/UUID", payload, t);
+            r.handle_message(MessageId(7), "2547841/UUID", payload, QoS::ExactlyOnce, t);
             assert_eq!(actions(&mut r), [Action::Ack(MessageId(7))], "{payload:?}");
             assert_eq!(r.phase(), Phase::WaitingForUuid);
             assert_eq!(r.uuid(), None);
@@ -1416,7 +1552,13 @@ mod tests {
         // The longest valid level is accepted.
         let mut r = waiting(&session(), t);
         let longest = "x".repeat(256);
-        r.handle_message(MessageId(7), "2547841/UUID", longest.as_bytes(), t);
+        r.handle_message(
+            MessageId(7),
+            "2547841/UUID",
+            longest.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(
             actions(&mut r),
             [sub(&longest, QoS::ExactlyOnce), Action::Ack(MessageId(7))]
@@ -1431,7 +1573,7 @@ mod tests {
         let prefix = "p/".repeat(32767);
         s.command_topic = Template::parse(&format!("{prefix}{{uuid}}"), &[Var::Uuid]).unwrap();
         let mut r = waiting(&s, t);
-        r.handle_message(MessageId(1), "2547841/UUID", b"abc", t);
+        r.handle_message(MessageId(1), "2547841/UUID", b"abc", QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(1))]);
         assert_eq!(r.uuid(), None);
     }
@@ -1440,8 +1582,20 @@ mod tests {
     fn first_uuid_wins() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(5), "2547841/UUID", UUID.as_bytes(), t);
-        r.handle_message(MessageId(6), "2547841/UUID", b"other-uuid", t);
+        r.handle_message(
+            MessageId(5),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
+        r.handle_message(
+            MessageId(6),
+            "2547841/UUID",
+            b"other-uuid",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(5)), Action::Ack(MessageId(6))]
@@ -1456,7 +1610,13 @@ mod tests {
         let mut r = Responder::new(&session(), &ReplyTable::seed());
         r.handle_connected(false, QoS::ExactlyOnce, t);
         actions(&mut r);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(r.phase(), Phase::SubscribingCommands);
         assert_eq!(
             actions(&mut r),
@@ -1475,9 +1635,15 @@ mod tests {
     fn commands_before_the_command_suback_are_answered() {
         let t = Instant::now();
         let mut r = waiting(&session(), t);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
@@ -1508,7 +1674,13 @@ mod tests {
         assert_eq!(expected, Duration::from_secs(60));
         // Success resets the delay; the command subscription starts again at 500 ms.
         r.handle_subscribed("2547841/UUID", Some(QoS::ExactlyOnce), now);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            now,
+        );
         actions(&mut r);
         r.handle_subscribed(UUID, None, now);
         assert_eq!(r.phase(), Phase::SubscribingCommands);
@@ -1545,10 +1717,16 @@ mod tests {
 
         // A SUBACK granting 1 caps replies at 1.
         let mut r = waiting(&session(), t);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         r.handle_subscribed(UUID, Some(QoS::AtLeastOnce), t);
         actions(&mut r);
-        r.handle_message(MessageId(2), UUID, b"CMD2", t);
+        r.handle_message(MessageId(2), UUID, b"CMD2", QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [reply("CMD2", "Cat", 2, QoS::AtLeastOnce)]);
 
         // Configured QoS 0 is never raised.
@@ -1620,7 +1798,13 @@ mod tests {
         actions(&mut r);
         assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(100)));
         // The UUID resets it: a later login (a new broker session) waits 30 s again.
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), now);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            now,
+        );
         assert_eq!(r.login_wait, Duration::from_secs(30));
         // A cap below login_timeout means no growth at all.
         let mut r = waiting(&session(), t);
@@ -1634,8 +1818,8 @@ mod tests {
     fn unknown_commands_are_ignored_by_default() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD8", t);
-        r.handle_message(MessageId(3), UUID, b"#", t);
+        r.handle_message(MessageId(2), UUID, b"CMD8", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(3), UUID, b"#", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(2)), Action::Ack(MessageId(3))]
@@ -1650,7 +1834,7 @@ mod tests {
         let mut s = session();
         s.unknown_command = UnknownCommand::Reply("UNKNOWN".to_owned());
         let mut r = answering(&s, t);
-        r.handle_message(MessageId(2), UUID, b"CMD8", t);
+        r.handle_message(MessageId(2), UUID, b"CMD8", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [reply("CMD8", "UNKNOWN", 2, QoS::ExactlyOnce)]
@@ -1662,7 +1846,7 @@ mod tests {
             .enumerate()
         {
             let id = MessageId(10 + id as u64);
-            r.handle_message(id, UUID, hostile, t);
+            r.handle_message(id, UUID, hostile, QoS::ExactlyOnce, t);
             assert_eq!(actions(&mut r), [Action::Ack(id)], "{hostile:?}");
         }
         assert_eq!(r.stats().unknown, 6);
@@ -1677,12 +1861,80 @@ mod tests {
         let mut r = answering(&s, t);
         for i in 0..100u64 {
             let command = format!("X{i}");
-            r.handle_message(MessageId(100 + i), UUID, command.as_bytes(), t);
+            r.handle_message(
+                MessageId(100 + i),
+                UUID,
+                command.as_bytes(),
+                QoS::ExactlyOnce,
+                t,
+            );
             r.handle_delivered(MessageId(100 + i), t);
         }
         let rows = &r.stats().answered;
         assert_eq!(rows.len(), 7 + MAX_UNKNOWN_ROWS + 1);
         assert_eq!(rows.last(), Some(&(OTHER_UNKNOWN_ROW.to_owned(), 68)));
+    }
+
+    #[test]
+    fn a_qos0_flood_beyond_max_pending_is_dropped_counted_and_reported_every_10s() {
+        let t = Instant::now();
+        let mut settings = session();
+        settings.max_pending = 3;
+        let mut r = answering(&settings, t);
+        let publishes = |actions: &[Action]| {
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Publish(_)))
+                .count()
+        };
+        for id in 10..15 {
+            r.handle_message(MessageId(id), UUID, b"CMD1", QoS::AtMostOnce, t);
+        }
+        let first = actions(&mut r);
+        assert_eq!(publishes(&first), 3, "{first:?}");
+        assert_eq!(
+            first[3..],
+            [Action::Ack(MessageId(13)), Action::Ack(MessageId(14))]
+        );
+        assert_eq!((r.stats().dropped, r.stats().overflowed), (2, 2));
+        // The first drop was reported at once; the next report is due 10 s after it.
+        assert_eq!(r.poll_timeout(), Some(t + OVERFLOW_REPORT_INTERVAL));
+
+        // QoS 1/2 commands are never dropped: the broker holds the rest back.
+        r.handle_message(MessageId(20), UUID, b"CMD2", QoS::AtLeastOnce, t);
+        r.handle_message(MessageId(21), UUID, b"CMD2", QoS::ExactlyOnce, t);
+        assert_eq!(publishes(&actions(&mut r)), 2);
+        // Neither is the completion message, nor an unknown command that needs no slot.
+        r.handle_message(MessageId(22), UUID, b"NOPE", QoS::AtMostOnce, t);
+        assert_eq!(actions(&mut r), [Action::Ack(MessageId(22))]);
+        assert_eq!(r.stats().overflowed, 2);
+
+        // A slot freed: the next QoS 0 command is answered.
+        for id in [10, 11, 12] {
+            r.handle_delivered(MessageId(id), t);
+        }
+        r.handle_message(MessageId(30), UUID, b"CMD1", QoS::AtMostOnce, t);
+        assert_eq!(publishes(&actions(&mut r)), 1);
+        r.handle_timeout(t + OVERFLOW_REPORT_INTERVAL);
+        assert_eq!(r.poll_timeout(), None, "nothing left to report");
+
+        r.handle_message(MessageId(31), UUID, b"CMD1", QoS::AtMostOnce, t);
+        r.handle_message(MessageId(32), UUID, b"CMD1", QoS::AtMostOnce, t);
+        r.handle_message(
+            MessageId(33),
+            UUID,
+            b"Well done my IoT!",
+            QoS::AtMostOnce,
+            t,
+        );
+        let last = actions(&mut r);
+        assert_eq!(publishes(&last), 0, "{last:?}");
+        assert_eq!(r.stats().overflowed, 4);
+        assert_eq!(
+            r.phase(),
+            Phase::Draining,
+            "the completion message is never dropped"
+        );
     }
 
     #[test]
@@ -1697,12 +1949,12 @@ mod tests {
             .enumerate()
         {
             let id = MessageId(i as u64 + 2);
-            r.handle_message(id, UUID, payload, t);
+            r.handle_message(id, UUID, payload, QoS::ExactlyOnce, t);
             assert_eq!(actions(&mut r), [Action::Ack(id)], "{payload:?}");
         }
         assert_eq!(r.stats().dropped, 3);
         // Exactly the limit is accepted (and answered as unknown here).
-        r.handle_message(MessageId(9), UUID, b"12345678", t);
+        r.handle_message(MessageId(9), UUID, b"12345678", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [reply("12345678", "UNKNOWN", 9, QoS::ExactlyOnce)]
@@ -1729,8 +1981,14 @@ mod tests {
     fn unexpected_topics_are_counted_and_acked() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), "somewhere/else", b"CMD1", t);
-        r.handle_message(MessageId(3), &format!("{UUID}/CMD1"), b"CMD1", t);
+        r.handle_message(MessageId(2), "somewhere/else", b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(
+            MessageId(3),
+            &format!("{UUID}/CMD1"),
+            b"CMD1",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(2)), Action::Ack(MessageId(3))]
@@ -1738,7 +1996,7 @@ mod tests {
         assert_eq!(r.stats().unexpected, 2);
         // Before the UUID is known, its future command topic is unexpected too.
         let mut r = waiting(&session(), t);
-        r.handle_message(MessageId(4), UUID, b"CMD1", t);
+        r.handle_message(MessageId(4), UUID, b"CMD1", QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(4))]);
         assert_eq!(r.stats().unexpected, 1);
     }
@@ -1747,8 +2005,8 @@ mod tests {
     fn a_repeated_message_id_is_answered_once() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         assert_eq!(
             actions(&mut r),
             [reply("CMD1", "Apple", 2, QoS::ExactlyOnce)]
@@ -1759,16 +2017,28 @@ mod tests {
     fn completion_waits_for_outstanding_replies() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", QoS::ExactlyOnce, t);
         actions(&mut r);
-        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        r.handle_message(
+            MessageId(4),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(r.phase(), Phase::Draining);
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(4))]);
         assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(5)));
         // No new work while draining.
-        r.handle_message(MessageId(5), UUID, b"CMD3", t);
-        r.handle_message(MessageId(6), UUID, b"Well done my IoT!", t);
+        r.handle_message(MessageId(5), UUID, b"CMD3", QoS::ExactlyOnce, t);
+        r.handle_message(
+            MessageId(6),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(5)), Action::Ack(MessageId(6))]
@@ -1781,7 +2051,7 @@ mod tests {
         assert_eq!(r.phase(), Phase::Finished);
         assert_eq!(r.poll_timeout(), None);
         // Nothing happens after the end.
-        r.handle_message(MessageId(7), UUID, b"CMD1", t);
+        r.handle_message(MessageId(7), UUID, b"CMD1", QoS::ExactlyOnce, t);
         r.handle_connected(false, QoS::ExactlyOnce, t);
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(7))]);
         assert_eq!(r.phase(), Phase::Finished);
@@ -1793,9 +2063,21 @@ mod tests {
         // back refused: the retry used to subscribe again after the Disconnect.
         let t = Instant::now();
         let mut r = waiting(&session(), t);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
-        r.handle_message(MessageId(2), UUID, b"Well done my IoT!", t);
+        r.handle_message(
+            MessageId(2),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(
             actions(&mut r),
             [Action::Ack(MessageId(2)), Action::Disconnect]
@@ -1811,8 +2093,14 @@ mod tests {
     fn drain_timeout_disconnects() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(
+            MessageId(4),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
         r.handle_timeout(t + Duration::from_secs(5));
         assert_eq!(actions(&mut r), [Action::Disconnect]);
@@ -1839,15 +2127,21 @@ mod tests {
     fn shutdown_waits_for_the_replies_in_flight_and_answers_nothing_new() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(3), UUID, b"CMD2", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(3), UUID, b"CMD2", QoS::ExactlyOnce, t);
         actions(&mut r);
         r.handle_shutdown(t);
         assert_eq!(actions(&mut r), [], "the replies are awaited");
         assert_eq!(r.poll_timeout(), Some(t + session().drain_timeout));
         // New messages are neither answered nor acknowledged: the broker keeps them.
-        r.handle_message(MessageId(4), UUID, b"CMD3", t);
-        r.handle_message(MessageId(5), UUID, b"Well done my IoT!", t);
+        r.handle_message(MessageId(4), UUID, b"CMD3", QoS::ExactlyOnce, t);
+        r.handle_message(
+            MessageId(5),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(actions(&mut r), []);
         assert!(
             !r.is_draining(),
@@ -1868,7 +2162,7 @@ mod tests {
         let t = Instant::now();
         let drain = session().drain_timeout;
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         actions(&mut r);
         let signal = ms(t, 100);
         r.handle_shutdown(signal);
@@ -1885,8 +2179,14 @@ mod tests {
         let t = Instant::now();
         let drain = session().drain_timeout;
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
-        r.handle_message(MessageId(4), UUID, b"Well done my IoT!", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(
+            MessageId(4),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
         r.handle_shutdown(ms(t, 500));
         assert_eq!(
@@ -1936,7 +2236,7 @@ mod tests {
         let t = Instant::now();
         // Without a session: subscribe to the command topic again, no login.
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         actions(&mut r);
         r.handle_disconnected(t);
         r.handle_connected(false, QoS::ExactlyOnce, t);
@@ -1955,7 +2255,13 @@ mod tests {
 
         // Lost before the command SUBACK: subscribe again even with a session.
         let mut r = waiting(&session(), t);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
         r.handle_disconnected(t);
         r.handle_connected(true, QoS::ExactlyOnce, t);
@@ -1968,8 +2274,14 @@ mod tests {
         let t = Instant::now();
         for session_present in [false, true] {
             let mut r = answering(&session(), t);
-            r.handle_message(MessageId(2), UUID, b"CMD1", t);
-            r.handle_message(MessageId(3), UUID, b"Well done my IoT!", t);
+            r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
+            r.handle_message(
+                MessageId(3),
+                UUID,
+                b"Well done my IoT!",
+                QoS::ExactlyOnce,
+                t,
+            );
             actions(&mut r);
             r.handle_disconnected(ms(t, 1000));
             assert_eq!(r.poll_timeout(), Some(t + Duration::from_secs(5)));
@@ -1986,9 +2298,15 @@ mod tests {
     fn completion_delivered_after_a_disconnect_drains_on_reconnect() {
         let t = Instant::now();
         let mut r = answering(&session(), t);
-        r.handle_message(MessageId(2), UUID, b"CMD1", t);
+        r.handle_message(MessageId(2), UUID, b"CMD1", QoS::ExactlyOnce, t);
         r.handle_disconnected(t);
-        r.handle_message(MessageId(3), UUID, b"Well done my IoT!", t);
+        r.handle_message(
+            MessageId(3),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(r.phase(), Phase::Disconnected);
         actions(&mut r);
         r.handle_connected(false, QoS::ExactlyOnce, t);
@@ -2007,7 +2325,13 @@ mod tests {
         let t = Instant::now();
         let mut r = waiting(&session(), t);
         r.handle_disconnected(t);
-        r.handle_message(MessageId(1), "2547841/UUID", UUID.as_bytes(), t);
+        r.handle_message(
+            MessageId(1),
+            "2547841/UUID",
+            UUID.as_bytes(),
+            QoS::ExactlyOnce,
+            t,
+        );
         assert_eq!(actions(&mut r), [Action::Ack(MessageId(1))]);
         assert_eq!(r.phase(), Phase::Disconnected);
         r.handle_connected(true, QoS::ExactlyOnce, t);
@@ -2020,15 +2344,21 @@ mod tests {
         let t = Instant::now();
         let s = session();
         let mut r = answering(&s, t);
-        r.handle_message(MessageId(10), UUID, b"CMD1", t);
-        r.handle_message(MessageId(11), UUID, b"CMD2", t);
+        r.handle_message(MessageId(10), UUID, b"CMD1", QoS::ExactlyOnce, t);
+        r.handle_message(MessageId(11), UUID, b"CMD2", QoS::ExactlyOnce, t);
         actions(&mut r);
         r.handle_failed(MessageId(10), t);
         r.handle_failed(MessageId(10), t);
         assert_eq!(r.stats().failed, 1, "reported once");
         assert_eq!(r.outstanding(), 1);
         // Draining ends when the last reply is delivered or failed.
-        r.handle_message(MessageId(12), UUID, b"Well done my IoT!", t);
+        r.handle_message(
+            MessageId(12),
+            UUID,
+            b"Well done my IoT!",
+            QoS::ExactlyOnce,
+            t,
+        );
         actions(&mut r);
         assert_eq!(r.phase(), Phase::Draining);
         r.handle_delivered(MessageId(11), t);

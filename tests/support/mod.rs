@@ -800,6 +800,19 @@ pub mod raw {
             Ok(())
         }
 
+        /// Encodes `packets` into one buffer and writes it at once (a flood at the speed
+        /// of the socket, not of one write per packet).
+        pub fn send_batch(&mut self, packets: impl IntoIterator<Item = v4::Packet>) -> Result<()> {
+            let mut out = BytesMut::new();
+            for packet in packets {
+                packet
+                    .write(&mut out, MAX_PACKET)
+                    .map_err(|e| anyhow!("encode {packet:?}: {e:?}"))?;
+            }
+            self.stream.write_all(&out).context("write to broker")?;
+            Ok(())
+        }
+
         /// Reads the next packet.
         pub fn recv(&mut self) -> Result<v4::Packet> {
             read_until(

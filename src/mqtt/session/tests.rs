@@ -96,7 +96,7 @@ fn connect_carries_client_id_keep_alive_and_credentials_v311() {
 }
 
 #[test]
-fn connect_carries_client_id_keep_alive_credentials_and_expiry_v5() {
+fn connect_carries_client_id_keep_alive_credentials_expiry_and_receive_maximum_v5() {
     let t0 = Instant::now();
     let mut s = Session::new(cfg(Protocol::V5), t0);
     s.handle_transport_up(t0);
@@ -111,6 +111,8 @@ fn connect_carries_client_id_keep_alive_credentials_and_expiry_v5() {
     let props = c.properties.as_ref().expect("properties");
     assert_eq!(props.session_expiry_interval, Some(3600));
     assert_eq!(props.max_packet_size, Some(MAX as u32));
+    // The broker holds back QoS 1/2 commands beyond our reply window (SPEC §2 Floods).
+    assert_eq!(props.receive_maximum, Some(20));
     let login = login.as_ref().expect("credentials");
     assert_eq!(
         (login.username.as_str(), login.password.as_str()),
